@@ -1,0 +1,5 @@
+import sys
+
+from fraudscore.cli import main
+
+sys.exit(main())

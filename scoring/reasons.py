@@ -1,0 +1,67 @@
+"""Reason codes: the features that pushed a score up, as sentences a human can read."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from contracts.events import Reason
+
+_WINDOW = re.compile(r"_(\d+)([smhd])$")
+_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+
+
+def _window_words(name: str) -> tuple[str, str]:
+    m = _WINDOW.search(name)
+    if not m:
+        return name, ""
+    n, unit = int(m.group(1)), _UNITS[m.group(2)]
+    span = f"the last {unit}" if n == 1 else f"the last {n} {unit}s"
+    return name[: m.start()], span
+
+
+def describe(feature: str, value: float | None) -> str:
+    """A sentence for one feature value, e.g. ``card used 9 times in the last hour``."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return f"{feature.replace('_', ' ')} unknown"
+    base, span = _window_words(feature)
+    words = base.split("_")
+    v = f"{value:,.2f}".rstrip("0").rstrip(".")
+    if words[-2:] == ["order", "count"]:
+        return f"{' '.join(words[:-2])} placed {v} orders in {span}".strip()
+    if words[-2:] == ["amount", "sum"]:
+        return f"{' '.join(words[:-2])} spent {v} in {span}".strip()
+    if words[-2:] == ["amount", "mean"]:
+        return f"{' '.join(words[:-2])} average order {v} over {span}".strip()
+    if words[-2:] == ["customer", "count"]:
+        return f"{' '.join(words[:-2])} used by {v} customers in {span}".strip()
+    if base.endswith("mismatch"):
+        what = " ".join(words[:-1])
+        return f"{what} countries differ" if value else f"{what} countries match"
+    if feature == "amount_to_customer_mean_30d":
+        return f"amount is {v}× the customer's 30-day average"
+    if feature == "account_age_days":
+        return f"account is {v} days old"
+    if feature == "hour_of_day":
+        return f"ordered at {int(value):02d}:00"
+    return f"{' '.join(words)} = {v}" + (f" over {span}" if span else "")
+
+
+def top_reasons(
+    names: tuple[str, ...], values: np.ndarray, contributions: np.ndarray, k: int
+) -> list[Reason]:
+    """The ``k`` features with the largest positive contributions (bias excluded)."""
+    if k <= 0:
+        return []
+    contrib = contributions[: len(names)]
+    order = np.argsort(-contrib)[:k]
+    out = []
+    for i in order:
+        c = float(contrib[i])
+        if c <= 0:
+            break
+        raw = float(values[i])
+        value = None if np.isnan(raw) else raw
+        out.append(Reason(feature=names[i], value=value, contribution=round(c, 6), text=describe(names[i], value)))
+    return out

@@ -1,0 +1,63 @@
+"""A bounded, non-blocking publisher: the gRPC path hands decisions over and never waits.
+
+``offer()`` puts a record in a bounded queue and returns at once; when the queue is full the
+record is counted as dropped (``fraudscore_publish_dropped_total``) rather than slowing the
+answer to the customer. A background task sends queued records to Kafka in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter
+
+from contracts.events import Decision, encode
+
+log = logging.getLogger(__name__)
+
+DROPPED = Counter("fraudscore_publish_dropped_total", "Records dropped because the publish buffer was full", ["topic"])
+
+
+class DecisionPublisher:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, maxsize: int = 10_000) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.queue: asyncio.Queue[Decision] = asyncio.Queue(maxsize)
+        self.task: asyncio.Task[None] | None = None
+        self.sent = 0
+
+    def offer(self, decision: Decision) -> None:
+        try:
+            self.queue.put_nowait(decision)
+        except asyncio.QueueFull:
+            DROPPED.labels(self.topic).inc()
+
+    def start(self) -> DecisionPublisher:
+        self.task = asyncio.create_task(self._run(), name=f"publish-{self.topic}")
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            first = await self.queue.get()
+            batch = [first]
+            while not self.queue.empty() and len(batch) < 500:
+                batch.append(self.queue.get_nowait())
+            try:
+                futures = [await self.producer.send(self.topic, encode(d), key=d.order_id.encode()) for d in batch]
+                await asyncio.gather(*futures)
+                self.sent += len(batch)
+            except Exception:  # the answer was already given; log and keep the loop alive
+                log.exception("failed to publish %d decisions to %s", len(batch), self.topic)
+
+    async def stop(self, drain_timeout_s: float = 5.0) -> None:
+        """Send what is queued (bounded wait), then stop."""
+        deadline = asyncio.get_running_loop().time() + drain_timeout_s
+        while not self.queue.empty() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
