@@ -186,6 +186,24 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore
 ]
 
 
+#: Packages that contribute subcommands: each module exposes ``register(subparsers)``, adding parsers whose
+#: ``handler`` default is a ``(args, settings) -> int`` function.
+PACKAGE_CLIS = ("feature_state.cli", "rules.cli", "scoring.cli", "stream_app.cli", "monitoring.cli")
+
+
+def _register_packages(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    import importlib
+
+    for name in PACKAGE_CLIS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that package has no subcommands yet
+                continue
+            raise
+        module.register(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraudscore",
@@ -199,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    _register_packages(sub)
     return parser
 
 
