@@ -137,6 +137,21 @@ class MetricsSettings(_Section):
     port: int = Field(9108, ge=1, le=65535, description="metrics / health HTTP port")
 
 
+class WebhookSettings(_Section):
+    """Delivery of actions to an HTTP endpoint (``fraudscore worker --role webhook``)."""
+
+    url: SecretStr | None = Field(None, description="POST actions here; None disables the webhook sink")
+    secret: SecretStr | None = Field(None, description="HMAC-SHA256 key signing each body (X-Fraudscore-Signature)")
+    actions: tuple[Literal["review", "challenge", "block"], ...] = Field(
+        ("review", "challenge", "block"), description="which actions to deliver"
+    )
+    timeout_ms: int = Field(2000, ge=1, description="per-attempt timeout")
+    max_attempts: int = Field(6, ge=1, description="attempts before the action is dead-lettered")
+    backoff_base_ms: int = Field(200, ge=1, description="first retry delay; doubles per attempt, with jitter")
+    backoff_max_ms: int = Field(10_000, ge=1, description="longest retry delay (Retry-After is honoured up to this)")
+    concurrency: int = Field(16, ge=1, description="deliveries in flight at once")
+
+
 class StreamSettings(_Section):
     """The stream worker's batching."""
 
@@ -145,6 +160,29 @@ class StreamSettings(_Section):
     max_batch_wait_ms: int = Field(20, ge=0, description="max time to fill a micro-batch")
     kinesis_stream: str = Field("orders", description="Kinesis stream of orders (source=kinesis)")
     kinesis_endpoint_url: str | None = Field(None, description="Kinesis endpoint override")
+    # -- added by stream_app (issue 6); all optional, defaults keep the previous behaviour --
+    sink: Literal["auto", "kafka", "kinesis"] = Field(
+        "auto", description="where decisions, actions and dead letters go; auto = the source's transport"
+    )
+    session_timeout_ms: int = Field(10_000, ge=1000, description="Kafka consumer group session timeout")
+    heartbeat_interval_ms: int = Field(3000, ge=100, description="Kafka consumer heartbeat interval")
+    max_poll_interval_ms: int = Field(300_000, ge=1000, description="Kafka max time between polls")
+    batch_retry_budget_s: float = Field(
+        20.0, gt=0, description="how long a batch retries (store or sink down) before it is rewound and re-polled"
+    )
+    ledger_ttl_s: int = Field(7 * 86400, ge=60, description="how long decided order ids are remembered")
+    labels_group: str | None = Field(None, description="consumer group of the labels consumer; None = <group>-labels")
+    kinesis_region: str = Field("us-east-1", description="AWS region of the Kinesis streams")
+    kinesis_labels_stream: str | None = Field(None, description="Kinesis stream of labels; None = labels not read")
+    kinesis_checkpoint_table: str = Field(
+        "fraudscore-kinesis-checkpoints", description="DynamoDB table holding shard leases and checkpoints"
+    )
+    kinesis_checkpoint_endpoint_url: str | None = Field(
+        None, description="DynamoDB endpoint override for checkpoints; None = kinesis_endpoint_url"
+    )
+    kinesis_lease_s: float = Field(20.0, gt=0, description="shard lease duration; a dead worker's shards move after it")
+    kinesis_poll_interval_ms: int = Field(200, ge=0, description="wait between GetRecords calls on an idle shard")
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings, description="HTTP webhook for actions")
 
 
 class Settings(_Section):
