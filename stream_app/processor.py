@@ -1,0 +1,278 @@
+"""The orders hot path, independent of the transport: a micro-batch of records in, outputs out.
+
+For one batch (records of any partitions, each partition's records in offset order):
+
+1. decode every record (msgspec, a few µs each); a bad one goes to the error policy
+   (dead letter by default) and never stalls the batch;
+2. drop in-batch repeats of an ``order_id`` (they are answered with the first one's decision);
+3. decide the unique orders in **one** call to the shared pipeline with ``apply=True`` — one
+   batched feature update + read, one batched model call, rules per order;
+   ``FeatureStoreUnavailable`` propagates (the caller retries the batch: feature updates must
+   not be skipped); any other exception is isolated by bisection to the event(s) that cause it,
+   which are dead-lettered with stage ``processing`` while the rest of the batch goes on;
+4. claim the decided ids in the ledger and build the outputs: one decision per order on the
+   ``decisions`` topic and one action per non-allow decision on ``actions``, both keyed by
+   ``order_id``; repeats carry the header ``fraudscore-duplicate: 1``.
+
+Nothing here commits: the caller publishes :attr:`BatchResult.outputs`, waits until they are
+durable, and only then commits the batch's offsets / checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from contracts.config import TopicNames
+from contracts.events import Action, Decision, Order, decode_label, decode_order, encode
+from contracts.events import Label as LabelEvent
+from contracts.exceptions import CardNumberError, ContractError
+from feature_state.exceptions import FeatureStoreUnavailable
+from feature_state.stores.base import FeatureStore
+from monitoring import metrics
+from scoring.pipeline import DecisionPipeline
+from stream_app import metrics as smetrics
+from stream_app.deadletter import Stage, for_record, to_out_record
+from stream_app.exceptions import StreamError
+from stream_app.ledger import DecisionLedger
+from stream_app.policy import SKIPPED, ErrorAction, ErrorPolicy, dead_letter_everything
+from stream_app.records import OutRecord, Outputs, SourceRecord
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_HEADER = "fraudscore-duplicate"
+_DUP = ((DUPLICATE_HEADER, b"1"),)
+SourceKind = Literal["kafka", "kinesis"]
+
+
+class PolicyStop(StreamError):
+    """The error policy asked to stop on an event; the batch is not committed."""
+
+
+def action_for(decision: Decision) -> Action | None:
+    """The action a decision triggers (none for ``allow``)."""
+    if decision.decision == "allow":
+        return None
+    rule = next(
+        (m.name for m in decision.matched_rules if m.mode == "active" and m.action == decision.decision and not m.error),
+        None,
+    )
+    if rule:
+        reason = None
+    elif decision.score is not None:
+        reason = f"model score {decision.score:.3f}"
+    else:
+        reason = "fallback: " + ",".join(decision.degraded_reasons or ["no score"])
+    return Action(
+        order_id=decision.order_id,
+        action=decision.decision,
+        decided_at=decision.decided_at or decision.event_time,  # type: ignore[arg-type]
+        rule=rule,
+        reason=reason,
+    )
+
+
+@dataclass
+class BatchResult:
+    """What one batch produced."""
+
+    outputs: Outputs = field(default_factory=Outputs)
+    orders: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    skipped: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+
+
+class _Failures:
+    """Applies the error policy to failed records of one batch."""
+
+    def __init__(self, policy: ErrorPolicy, dead_letter_topic: str, source: SourceKind, result: BatchResult) -> None:
+        self.policy = policy
+        self.topic = dead_letter_topic
+        self.source = source
+        self.result = result
+
+    def __call__(self, exc: BaseException, rec: SourceRecord, stage: Stage) -> None:
+        action = self.policy(exc, rec, stage)
+        if action is ErrorAction.STOP:
+            raise PolicyStop(f"error policy stopped on {rec.stream}[{rec.partition}]@{rec.position}: "
+                             f"{type(exc).__name__} ({stage})") from exc
+        if action is ErrorAction.SKIP:
+            SKIPPED.labels(rec.stream, stage).inc()
+            log.warning("skipped %s[%s]@%s (stage %s): %s", rec.stream, rec.partition, rec.position, stage,
+                        type(exc).__name__)
+            self.result.skipped += 1
+            return
+        self.result.outputs.add(self.topic, to_out_record(for_record(exc, rec, stage, source=self.source)))
+        metrics.DEAD_LETTERS.labels(rec.stream, type(exc).__name__).inc()
+        self.result.dead_letters += 1
+
+
+class OrdersProcessor:
+    """Decides micro-batches of order records through the shared :class:`DecisionPipeline`."""
+
+    def __init__(
+        self,
+        pipeline: DecisionPipeline,
+        topics: TopicNames,
+        ledger: DecisionLedger,
+        *,
+        policy: ErrorPolicy = dead_letter_everything,
+        source: SourceKind = "kafka",
+    ) -> None:
+        self.pipeline = pipeline
+        self.topics = topics
+        self.ledger = ledger
+        self.policy = policy
+        self.source = source
+        # Claims made by an attempt whose publish failed: a retry of the same batch reuses them,
+        # so a retried batch is not mistaken for a redelivery.
+        self._claimed: dict[str, bool] = {}
+        #: event time → decision (ms) of the most recent orders, for the live summary
+        self.recent_latency_ms: deque[float] = deque(maxlen=5000)
+
+    async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+        """Decide one batch; raises ``FeatureStoreUnavailable`` / ``SinkError`` for the caller to retry."""
+        result = BatchResult()
+        fail = _Failures(self.policy, self.topics.dead_letters, self.source, result)
+        t0 = time.perf_counter()
+        orders: list[Order] = []
+        recs: list[SourceRecord] = []
+        first: dict[str, int] = {}
+        repeats: list[int] = []
+        for rec in records:
+            try:
+                order = decode_order(rec.value)
+            except CardNumberError as exc:
+                fail(exc, rec, "card_number")
+                continue
+            except ContractError as exc:
+                fail(exc, rec, "decode")
+                continue
+            idx = first.get(order.order_id)
+            if idx is None:
+                first[order.order_id] = len(orders)
+                orders.append(order)
+                recs.append(rec)
+            else:
+                repeats.append(idx)
+        t1 = time.perf_counter()
+        decided = await self._decide(orders, recs, fail)
+        t2 = time.perf_counter()
+        self._observe_freshness([recs[i] for i, _ in decided])
+        ids = [d.order_id for _, d in decided]
+        pending = self._claimed
+        unknown = [oid for oid in ids if oid not in pending]
+        if unknown:
+            for oid, new in zip(unknown, await self.ledger.claim(unknown), strict=True):
+                pending[oid] = new
+        by_index: dict[int, Decision] = {}
+        dec_out: list[OutRecord] = []
+        act_out: list[OutRecord] = []
+        counts = result.decisions
+        now = time.time()
+        for i, d in decided:
+            by_index[i] = d
+            new = pending[d.order_id]
+            self._emit(d, new, dec_out, act_out)
+            if new:
+                counts[d.decision] = counts.get(d.decision, 0) + 1
+                if d.event_time is not None:
+                    lag = max(0.0, now - d.event_time.timestamp())
+                    metrics.EVENT_TO_DECISION.observe(lag)
+                    self.recent_latency_ms.append(lag * 1000.0)
+            else:
+                result.duplicates += 1
+        for idx in repeats:
+            d = by_index.get(idx)
+            if d is not None:
+                self._emit(d, False, dec_out, act_out)
+                result.duplicates += 1
+        result.outputs.extend(self.topics.decisions, dec_out)
+        result.outputs.extend(self.topics.actions, act_out)
+        result.orders = len(decided)
+        if result.duplicates:
+            smetrics.DUPLICATES.inc(result.duplicates)
+        smetrics.BATCH_SECONDS.labels("decode").observe(t1 - t0)
+        smetrics.BATCH_SECONDS.labels("decide").observe(t2 - t1)
+        metrics.BATCH_SIZE.observe(len(orders))
+        return result
+
+    def committed(self) -> None:
+        """The last batch's outputs are durable: forget its claims."""
+        self._claimed.clear()
+
+    @staticmethod
+    def _emit(d: Decision, new: bool, dec_out: list[OutRecord], act_out: list[OutRecord]) -> None:
+        key = d.order_id.encode()
+        headers = () if new else _DUP
+        dec_out.append(OutRecord(key, encode(d), headers))
+        act = action_for(d)
+        if act is not None:
+            act_out.append(OutRecord(key, encode(act), headers))
+
+    async def _decide(
+        self, orders: list[Order], recs: list[SourceRecord], fail: _Failures
+    ) -> list[tuple[int, Decision]]:
+        """(index, decision) for every order that could be decided; isolates poison events."""
+        if not orders:
+            return []
+        try:
+            decisions = await self.pipeline.decide(orders, source="stream", apply=True)
+        except FeatureStoreUnavailable:
+            raise
+        except StreamError:
+            raise
+        except Exception as exc:
+            if len(orders) == 1:
+                log.exception("processing failed for %s[%s]@%s", recs[0].stream, recs[0].partition, recs[0].position)
+                fail(exc, recs[0], "processing")
+                return []
+            mid = len(orders) // 2
+            left = await self._decide(orders[:mid], recs[:mid], fail)
+            right = await self._decide(orders[mid:], recs[mid:], fail)
+            return left + [(i + mid, d) for i, d in right]
+        return list(enumerate(decisions))
+
+    @staticmethod
+    def _observe_freshness(recs: list[SourceRecord]) -> None:
+        now_ms = time.time() * 1000.0
+        observe = smetrics.FRESHNESS.observe
+        for rec in recs:
+            if rec.timestamp_ms is not None:
+                observe(max(0.0, now_ms - rec.timestamp_ms) / 1000.0)
+
+
+class LabelsProcessor:
+    """Applies labelled outcomes to the feature store (label-derived features), in batches."""
+
+    def __init__(self, store: FeatureStore, topics: TopicNames, *, policy: ErrorPolicy = dead_letter_everything,
+                 source: SourceKind = "kafka") -> None:
+        self.store = store
+        self.topics = topics
+        self.policy = policy
+        self.source = source
+
+    async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+        result = BatchResult()
+        fail = _Failures(self.policy, self.topics.dead_letters, self.source, result)
+        labels: list[LabelEvent] = []
+        for rec in records:
+            try:
+                labels.append(decode_label(rec.value))
+            except CardNumberError as exc:
+                fail(exc, rec, "card_number")
+            except ContractError as exc:
+                fail(exc, rec, "decode")
+        if labels:
+            await self.store.apply_labels(labels)  # FeatureStoreUnavailable → the caller retries
+        result.orders = len(labels)
+        return result
+
+    def committed(self) -> None:
+        return None
