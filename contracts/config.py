@@ -121,6 +121,35 @@ class ScoringSettings(_Section):
         description="when neither model nor rules can answer: open → allow, closed → review",
     )
     reasons_top_k: int = Field(3, ge=0, le=20, description="number of reasons in each answer")
+    model_signing_key: SecretStr | None = Field(
+        None, description="HMAC key: when set, only model manifests signed with it load (hmac-sha256)"
+    )
+    shadow_models: tuple[str, ...] = Field(
+        (), description="model versions scored alongside the champion, recorded in `shadow`, never deciding "
+        "(added to those listed in <models_dir>/shadows)"
+    )
+    on_feature_store_down: Literal["score", "rules_only"] = Field(
+        "score",
+        description="feature store down or late: score = model without velocity features (+ rules); "
+        "rules_only = no model score, rules and fail_mode decide",
+    )
+    feature_budget_fraction: float = Field(
+        0.5, gt=0, le=1, description="share of the remaining deadline the feature read may use"
+    )
+    min_deadline_ms: float = Field(
+        1.0, ge=0, description="a call arriving with less time left than this fails fast with DEADLINE_EXCEEDED"
+    )
+    workers: int = Field(1, ge=1, le=64, description="`fraudscore serve` processes sharing the port (SO_REUSEPORT)")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM: how long in-flight calls may finish")
+    model_reload_interval_s: float = Field(2.0, gt=0, description="how often to look for a new champion / shadows")
+    publish_buffer: int = Field(10_000, ge=1, description="decisions buffered for Kafka before dropping (never blocks)")
+    sagemaker_region: str = Field("us-east-1", description="AWS region of the SageMaker endpoint")
+    sagemaker_timeout_ms: float = Field(500.0, gt=0, description="connect and read timeout per endpoint call")
+    sagemaker_max_attempts: int = Field(2, ge=1, description="attempts per endpoint call (botocore standard retries)")
+    sagemaker_contributions: bool = Field(
+        True, description="ask the endpoint for contributions (fraudscore's container gives them; AWS's ignores it)"
+    )
+    sagemaker_port: int = Field(8080, ge=1, le=65535, description="`serve --sagemaker`: HTTP port (SageMaker: 8080)")
 
 
 class RulesSettings(_Section):

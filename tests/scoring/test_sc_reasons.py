@@ -1,0 +1,79 @@
+"""Reason codes: the tabulated TreeSHAP equals XGBoost's own contributions; reasons read well."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from scoring.artifacts import verify
+from scoring.reasons import describe, top_reasons
+from scoring.runtimes.native import NativeRuntime
+from scoring.treeshap import TreeShap, TreeShapUnsupported
+
+
+def _xgb_contribs(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
+    return booster.predict(xgb.DMatrix(x, missing=np.nan), pred_contribs=True)
+
+
+@pytest.fixture(scope="module")
+def random_model() -> tuple[xgb.Booster, np.ndarray]:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 8)).astype(np.float32)
+    x[rng.random(x.shape) < 0.15] = np.nan
+    y = ((np.nan_to_num(x[:, 0]) * np.nan_to_num(x[:, 1]) + np.nan_to_num(x[:, 2]) > 0.3)).astype(np.float32)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 5, "nthread": 1, "seed": 1},
+                        xgb.DMatrix(x, label=y, missing=np.nan), 40)
+    return booster, x
+
+
+@pytest.mark.parametrize("use_kernel", [True, False], ids=["c-kernel", "numpy"])
+def test_treeshap_equals_xgboost_contributions(random_model: tuple[xgb.Booster, np.ndarray], use_kernel: bool) -> None:
+    booster, x = random_model
+    rows = x[:200]
+    want = _xgb_contribs(booster, rows)
+    ts = TreeShap(booster.save_raw("json"), 8, float(want[0, -1]), use_kernel=use_kernel)
+    got = ts.contributions(rows)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+    # local accuracy: contributions add up to the margin
+    margin = booster.predict(xgb.DMatrix(rows, missing=np.nan), output_margin=True)
+    np.testing.assert_allclose(got.sum(axis=1), margin, atol=1e-4)
+
+
+def test_treeshap_handles_all_missing_and_extreme_rows(random_model: tuple[xgb.Booster, np.ndarray]) -> None:
+    booster, _ = random_model
+    rows = np.array([[np.nan] * 8, [1e30] * 8, [-1e30] * 8, [0.0] * 8], dtype=np.float32)
+    want = _xgb_contribs(booster, rows)
+    ts = TreeShap(booster.save_raw("json"), 8, float(want[0, -1]))
+    np.testing.assert_allclose(ts.contributions(rows), want, atol=2e-5, rtol=1e-4)
+
+
+def test_table_limit_refuses_instead_of_exhausting_memory(random_model: tuple[xgb.Booster, np.ndarray]) -> None:
+    booster, _ = random_model
+    with pytest.raises(TreeShapUnsupported, match="MiB"):
+        TreeShap(booster.save_raw("json"), 8, 0.0, max_table_bytes=1024)
+
+
+def test_trained_model_reasons_agree_with_xgboost(registry: tuple[Path, str], sample_orders: list) -> None:
+    models, version = registry
+    manifest = verify(models / version)
+    rt = NativeRuntime(models / version, manifest)
+    assert rt.treeshap is not None
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, len(manifest.feature_names))).astype(np.float32) * 10
+    x[rng.random(x.shape) < 0.3] = np.nan
+    np.testing.assert_allclose(rt.contributions(x), rt._xgb_contributions(x), atol=2e-5, rtol=1e-4)
+
+
+def test_top_reasons_are_the_largest_positive_contributions() -> None:
+    names = ("card_order_count_1h", "amount", "hour_of_day")
+    values = np.array([9.0, 12.5, 3.0], dtype=np.float32)
+    contribs = np.array([1.5, -0.2, 0.4, -3.0])
+    reasons = top_reasons(names, values, contribs, 3)
+    assert [r.feature for r in reasons] == ["card_order_count_1h", "hour_of_day"]
+    assert reasons[0].text == "card placed 9 orders in the last hour"
+    assert describe("account_age_days", 0.5) == "account is 0.5 days old"
+    assert describe("amount", None) == "amount unknown"
