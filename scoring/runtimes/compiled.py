@@ -57,12 +57,15 @@ def build_library(native: NativeRuntime, model_sha256: str, cache_dir: Path, *, 
         import treelite
     except ImportError as exc:
         raise CompiledUnavailable(f"compiled runtime needs `pip install 'fraudscore[compiled]'` ({exc})") from None
-    cache_dir.mkdir(parents=True, exist_ok=True)
     lib = library_path(cache_dir, model_sha256)
     if lib.is_file():
         return lib
-    lock_path = lib.with_suffix(".lock")
-    with lock_path.open("w") as lock:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        lock = lib.with_suffix(".lock").open("w")
+    except OSError as exc:
+        raise CompiledUnavailable(f"cannot use the compiled-model cache {cache_dir}: {exc}") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same model
         if lib.is_file():
             return lib
