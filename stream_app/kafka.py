@@ -53,3 +53,19 @@ async def ensure_topics(k: KafkaSettings, timeout_s: float = 30.0) -> None:
                 pass
     finally:
         await admin.close()
+
+
+async def describe_topics(k: KafkaSettings, timeout_s: float = 30.0) -> list[tuple[str, int | None]]:
+    """(topic, partitions or None when missing) for every platform topic."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(**client_kwargs(k), request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+    except (KafkaConnectionError, TimeoutError, OSError) as exc:
+        raise BrokerUnavailable(f"cannot reach Kafka at {bootstrap(k)}: {exc}") from None
+    try:
+        existing = await consumer.topics()
+        return [(t, len(consumer.partitions_for_topic(t) or ()) if t in existing else None) for t in all_topics(k)]
+    finally:
+        await consumer.stop()

@@ -20,6 +20,7 @@ durable, and only then commits the batch's offsets / checkpoints.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import deque
@@ -41,12 +42,17 @@ from stream_app.exceptions import StreamError
 from stream_app.ledger import DecisionLedger
 from stream_app.policy import SKIPPED, ErrorAction, ErrorPolicy, dead_letter_everything
 from stream_app.records import OutRecord, Outputs, SourceRecord
+from stream_app.store_view import LateCapturingStore
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_HEADER = "fraudscore-duplicate"
 _DUP = ((DUPLICATE_HEADER, b"1"),)
 SourceKind = Literal["kafka", "kinesis"]
+
+
+class LateEventError(StreamError):
+    """The feature store refused an order as older than its entity's watermark minus the lateness."""
 
 
 class PolicyStop(StreamError):
@@ -125,7 +131,11 @@ class OrdersProcessor:
         policy: ErrorPolicy = dead_letter_everything,
         source: SourceKind = "kafka",
     ) -> None:
-        self.pipeline = pipeline
+        # The same pipeline (models, rules and store shared), seen through a store view that keeps
+        # the late events of each apply so they can be dead-lettered.
+        self.store_view = LateCapturingStore(pipeline.store)
+        self.pipeline = copy.copy(pipeline)
+        self.pipeline.store = self.store_view
         self.topics = topics
         self.ledger = ledger
         self.policy = policy
@@ -224,6 +234,7 @@ class OrdersProcessor:
             return []
         try:
             decisions = await self.pipeline.decide(orders, source="stream", apply=True)
+            late = self.store_view.late
         except FeatureStoreUnavailable:
             raise
         except StreamError:
@@ -237,6 +248,16 @@ class OrdersProcessor:
             left = await self._decide(orders[:mid], recs[:mid], fail)
             right = await self._decide(orders[mid:], recs[mid:], fail)
             return left + [(i + mid, d) for i, d in right]
+        if late:
+            refused = {}
+            for ev in late:
+                idx = getattr(ev, "index", None)
+                if isinstance(idx, int) and 0 <= idx < len(orders):
+                    reason = ev.reason() if hasattr(ev, "reason") else "late event"
+                    refused[idx] = reason
+            for idx, reason in refused.items():
+                fail(LateEventError(reason), recs[idx], "late")
+            return [(i, d) for i, d in enumerate(decisions) if i not in refused]
         return list(enumerate(decisions))
 
     @staticmethod
