@@ -90,10 +90,21 @@ def compile_or_native(native: NativeRuntime, model_sha256: str, opts: RuntimeOpt
     """The compiled runtime for ``native``'s model, or ``native`` itself when that fails (logged)."""
     from scoring.runtimes.compiled import CompiledRuntime, CompiledUnavailable, build_library
 
+    from scoring.runtimes.compiled import library_path
+
     cache = opts.cache_dir or Path(".fraudscore") / "compiled"
     try:
-        lib = build_library(native, model_sha256, cache)
-        runtime = CompiledRuntime(native, lib, batch_threads=opts.batch_threads)
+        try:
+            lib = build_library(native, model_sha256, cache)
+            runtime = CompiledRuntime(native, lib, batch_threads=opts.batch_threads)
+        except CompiledUnavailable as first:
+            cached = library_path(cache, model_sha256)
+            if not cached.is_file():
+                raise
+            log.warning("cached library %s is unusable (%s); rebuilding it once", cached.name, first)
+            cached.unlink(missing_ok=True)
+            lib = build_library(native, model_sha256, cache)
+            runtime = CompiledRuntime(native, lib, batch_threads=opts.batch_threads)
     except CompiledUnavailable as exc:
         COMPILED_BUILDS.labels("failed").inc()
         log.warning("model %s: compiled runtime unavailable, serving native XGBoost: %s", native.version, exc)

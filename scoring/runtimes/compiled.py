@@ -134,7 +134,8 @@ class CompiledRuntime(ModelRuntime):
         want = self.native.predict(sample)
         got_batch = self._predict_batch(sample)
         got_rows = np.array([self._predict_one(r) for r in sample[:64]])
-        worst = float(max(np.max(np.abs(got_batch - want)), np.max(np.abs(got_rows - want[:64]))))
+        diffs = np.concatenate([np.abs(got_batch - want), np.abs(got_rows - want[:64])])
+        worst = float(np.max(diffs))  # NaN propagates, and fails the check below
         if not worst <= PARITY_TOLERANCE:
             raise CompiledUnavailable(
                 f"model {self.version}: compiled predictions differ from XGBoost by {worst:.3g} (> {PARITY_TOLERANCE})"
@@ -144,7 +145,7 @@ class CompiledRuntime(ModelRuntime):
     def _predict_one(self, row: np.ndarray) -> float:
         entries = np.array(row, dtype=np.float32)  # a private copy: safe from several threads
         entries.view(np.int32)[np.isnan(entries)] = -1  # tl2cgen's "missing" marker
-        result = np.empty(1, dtype=np.float32)
+        result = np.zeros(1, dtype=np.float32)  # the generated code accumulates into it
         self._predict_row(entries.ctypes.data, 0, result.ctypes.data)
         return float(result[0])
 
