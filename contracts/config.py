@@ -82,6 +82,9 @@ class FeatureStoreSettings(_Section):
     )
     redis_url: SecretStr | None = Field(None, description="redis://[:password@]host:port/db (may hold a password)")
     timeout_ms: int = Field(50, ge=1, description="per-call timeout against the store")
+    write_timeout_ms: int = Field(
+        2000, ge=1, description="timeout of one batch write (stream path); reads use timeout_ms"
+    )
     dynamodb_table: str = Field("fraudscore-features", description="DynamoDB table name")
     aws_region: str = Field("us-east-1", description="AWS region for DynamoDB")
     aws_endpoint_url: str | None = Field(None, description="endpoint override (a local DynamoDB API server)")

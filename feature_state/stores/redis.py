@@ -1,0 +1,253 @@
+"""Redis and Redis Cluster backends (redis-py asyncio).
+
+Keys per entity, all with the hash tag ``{<namespace>:<value>}`` so they live in one slot:
+
+==========================  ========  ==================================================
+``fs:{o.card:tok_1}:s``     hash      ``b`` the tiles (msgpack), ``v`` the version
+``fs:{o.card:tok_1}:l``     zset      applied event ids, scored by event time (µs)
+``fs:{o.card:tok_1}:e``     hash      event id → the event's values (for out-of-order reads)
+==========================  ========  ==================================================
+
+* **Reads** (``read_as_of``): one pipelined ``HGET`` per entity, one round trip for every feature of
+  the batch; aggregation happens here, client-side, with :mod:`feature_state.windows`. Only a read
+  whose entity already holds a later event in the same minute fetches that minute of the log (a
+  second round trip).
+* **Writes** (``apply_batch``): one pipelined round trip reads the states, versions and which event
+  ids are already logged (``ZMSCORE``); the fold runs here; a second pipelined round trip runs one
+  Lua script per entity that writes the new state *only if the version is unchanged*, adds the
+  events to the log, prunes the log and refreshes the TTLs — atomically. A changed version (another
+  writer) is retried on fresh state, so effects are exactly once per (entity, event id).
+* **TTL**: every key expires ``longest window + delay + lateness + 1 h`` after its last write.
+* **Failures**: socket timeouts (``timeout_ms`` for reads, ``write_timeout_ms`` for writes), no
+  client-side retries; every redis-py error becomes :class:`FeatureStoreUnavailable`. Connections
+  are re-established on the next call, and scripts are reloaded after a Redis restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from contracts.config import FeatureStoreSettings
+from contracts.exceptions import ConfigError
+from feature_state import metrics
+from feature_state.definitions import FeatureSet
+from feature_state.exceptions import FeatureStoreUnavailable
+from feature_state.layout import LogEvent
+from feature_state.stores.tiled import Loaded, TiledStore, Update
+from feature_state.windows import decode_event, decode_state, encode_event, encode_state
+
+T = TypeVar("T")
+
+_COMMIT = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if v ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'b', ARGV[2], 'v', v + 1)
+local n = tonumber(ARGV[5])
+local i = 6
+for _ = 1, n do
+  redis.call('ZADD', KEYS[2], ARGV[i + 1], ARGV[i])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
+for j = 1, #old, 500 do
+  redis.call('HDEL', KEYS[3], unpack(old, j, math.min(j + 499, #old)))
+end
+if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4]) end
+local ttl = tonumber(ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+return 1
+"""
+
+_LOG = """
+local out = {}
+for a = 1, #ARGV, 2 do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[a], '(' .. ARGV[a + 1])
+  for c = 1, #ids, 500 do
+    local vals = redis.call('HMGET', KEYS[2], unpack(ids, c, math.min(c + 499, #ids)))
+    for j = 1, #vals do if vals[j] then out[#out + 1] = vals[j] end end
+  end
+end
+return out
+"""
+
+#: Entities per pipeline (bounds memory and the time of one round trip).
+CHUNK = 2000
+
+
+def _k(key: str, part: str) -> str:
+    return f"fs:{{{key}}}:{part}"
+
+
+class RedisStore(TiledStore):
+    """Tiles in Redis (one node, or a Redis Cluster with ``cluster=True``)."""
+
+    kind = "redis"
+    durable = True
+    shared = True
+
+    def __init__(
+        self,
+        features: FeatureSet,
+        url: str,
+        *,
+        allowed_lateness_s: float = 3600.0,
+        timeout_ms: int = 50,
+        write_timeout_ms: int = 2000,
+        cluster: bool = False,
+    ) -> None:
+        super().__init__(features, allowed_lateness_s)
+        self.url = url
+        self.cluster = cluster
+        self.kind = "redis_cluster" if cluster else "redis"
+        self.timeout_s = timeout_ms / 1000.0
+        self.write_timeout_s = write_timeout_ms / 1000.0
+        self.reader = self._client(self.timeout_s)
+        self.writer = self._client(self.write_timeout_s)
+        self._sha: dict[str, str] = {}
+
+    def _client(self, timeout_s: float) -> Any:
+        common: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "decode_responses": False,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        try:
+            if self.cluster:
+                return RedisCluster.from_url(self.url, cluster_error_retry_attempts=0, **common)
+            return Redis.from_url(self.url, **common)
+        except (ValueError, redis_errors.RedisError) as exc:
+            raise ConfigError(f"feature store redis_url is not usable: {type(exc).__name__}: {exc}") from None
+
+    # ------------------------------------------------------------------ error translation
+
+    async def _guard(self, op: str, timeout_s: float, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await fn()
+        except TimeoutError as exc:
+            metrics.UNAVAILABLE.labels(self.kind, op).inc()
+            raise FeatureStoreUnavailable(f"{self.kind} {op} did not answer within {timeout_s * 1000:.0f} ms") from exc
+        except (redis_errors.RedisError, OSError) as exc:
+            metrics.UNAVAILABLE.labels(self.kind, op).inc()
+            raise FeatureStoreUnavailable(f"{self.kind} {op} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _scripts(self, client: Any) -> dict[str, str]:
+        if not self._sha:
+            self._sha = {"commit": await client.script_load(_COMMIT), "log": await client.script_load(_LOG)}
+        return self._sha
+
+    async def _run_scripts(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """EVALSHA many script calls in one pipeline; reload scripts once if Redis forgot them."""
+        for attempt in range(2):
+            sha = await self._scripts(client)
+            out: list[Any] = []
+            for i in range(0, len(calls), CHUNK):
+                pipe = client.pipeline(transaction=False)
+                for name, keys, args in calls[i : i + CHUNK]:
+                    pipe.evalsha(sha[name], len(keys), *keys, *args)
+                out.extend(await pipe.execute(raise_on_error=False))
+            if attempt == 0 and any(isinstance(r, redis_errors.NoScriptError) for r in out):
+                self._sha = {}
+                continue
+            for r in out:
+                if isinstance(r, Exception):
+                    raise r
+            return out
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ primitives
+
+    async def _load(self, keys: Sequence[str], ids: dict[str, list[str]]) -> Loaded:
+        writing = bool(ids)
+        client = self.writer if writing else self.reader
+
+        async def run() -> list[Any]:
+            out: list[Any] = []
+            for i in range(0, len(keys), CHUNK):
+                pipe = client.pipeline(transaction=False)
+                for k in keys[i : i + CHUNK]:
+                    if writing:
+                        pipe.hmget(_k(k, "s"), "b", "v")
+                        if ids.get(k):
+                            pipe.zmscore(_k(k, "l"), ids[k])
+                    else:
+                        pipe.hget(_k(k, "s"), "b")
+                out.extend(await pipe.execute())
+            return out
+
+        replies = await self._guard("load" if writing else "read", self.write_timeout_s if writing else self.timeout_s,
+                                    run)
+        states, versions, known = {}, {}, {}
+        it = iter(replies)
+        for k in keys:
+            if writing:
+                blob, ver = next(it)
+                versions[k] = int(ver or 0)
+                if ids.get(k):
+                    scores = next(it)
+                    hit = {i for i, s in zip(ids[k], scores, strict=True) if s is not None}
+                    if hit:
+                        known[k] = hit
+            else:
+                blob = next(it)
+            states[k] = decode_state(blob)
+        return Loaded(states, versions, known)
+
+    async def _load_logs(self, spans: dict[str, list[tuple[int, int]]]) -> dict[str, list[LogEvent]]:
+        keys = list(spans)
+        calls = [("log", [_k(k, "l"), _k(k, "e")], [str(x) for span in spans[k] for x in span]) for k in keys]
+        replies = await self._guard("read_log", self.write_timeout_s, lambda: self._run_scripts(self.reader, calls))
+        return {k: [decode_event(raw) for raw in r] for k, r in zip(keys, replies, strict=True)}
+
+    async def _commit(self, updates: Sequence[Update]) -> list[str]:
+        ttl_ms = str(self.layout.ttl_s * 1000)
+        calls = []
+        for u in updates:
+            args: list[Any] = [str(u.version), encode_state(u.state), ttl_ms, str(u.log_floor_us), str(len(u.events))]
+            for ev in u.events:
+                args.extend((ev.id, str(ev.ts), encode_event(ev)))
+            calls.append(("commit", [_k(u.key, "s"), _k(u.key, "l"), _k(u.key, "e")], args))
+        replies = await self._guard("commit", self.write_timeout_s, lambda: self._run_scripts(self.writer, calls))
+        return [u.key for u, ok in zip(updates, replies, strict=True) if not ok]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def ping(self) -> bool:
+        try:
+            await self._guard("ping", self.timeout_s, self.reader.ping)
+        except FeatureStoreUnavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        for client in (self.reader, self.writer):
+            try:
+                await client.aclose()
+            except (redis_errors.RedisError, OSError):  # pragma: no cover - closing a dead connection
+                pass
+
+
+def from_settings(features: FeatureSet, settings: FeatureStoreSettings) -> RedisStore:
+    """Build a Redis or Redis Cluster store from the settings."""
+    if settings.redis_url is None:
+        raise ConfigError(f"feature_store.type={settings.type} needs feature_store.redis_url (or REDIS_URL)")
+    return RedisStore(
+        features,
+        settings.redis_url.get_secret_value(),
+        allowed_lateness_s=settings.allowed_lateness_s,
+        timeout_ms=settings.timeout_ms,
+        write_timeout_ms=settings.write_timeout_ms,
+        cluster=settings.type == "redis_cluster",
+    )
