@@ -78,7 +78,7 @@ async def serve_grpc(
     try:
         await stop.wait()
         log.info("stopping: draining in-flight calls (up to %.1fs)", sc.shutdown_grace_s)
-        await stop_server(server, health, grace_s=sc.shutdown_grace_s)
+        await stop_server(server, health, grace_s=sc.shutdown_grace_s, servicer=servicer)
     finally:
         reload_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -80,10 +80,33 @@ class FraudScoringServicer(pb_grpc.FraudScoringServicer):
         self.max_batch = max_batch
         self.sink = sink
         self.in_flight = 0
+        self.draining = False
+        self._last_arrival = 0.0
         self._requests = _Requests()
+
+    async def drain(self, timeout_s: float, quiet_s: float = 0.1) -> bool:
+        """Refuse new calls (UNAVAILABLE) and wait until the in-flight ones have answered.
+
+        Also waits for ``quiet_s`` without any arriving call, so calls grpc has already received but
+        not yet handed to us get a retryable UNAVAILABLE from here rather than being cancelled by the
+        transport shutdown.
+        """
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self._last_arrival = loop.time()
+        while loop.time() < deadline:
+            if self.in_flight == 0 and loop.time() - self._last_arrival >= quiet_s:
+                return True
+            await asyncio.sleep(0.005)
+        return self.in_flight == 0
 
     async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> float:
         """Admission: shed over the limit, fail fast without time; returns the budget in seconds."""
+        if self.draining:
+            self._last_arrival = asyncio.get_running_loop().time()
+            self._requests.inc(method, "UNAVAILABLE")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another instance")
         if self.in_flight >= self.max_concurrency:
             SHED.inc()
             self._requests.inc(method, "RESOURCE_EXHAUSTED")
@@ -255,8 +278,22 @@ async def start_server(
     return server, health_servicer, bound
 
 
-async def stop_server(server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, grace_s: float = 5.0) -> None:
-    """Graceful stop: report NOT_SERVING, refuse new calls, let in-flight ones finish (up to ``grace_s``)."""
+async def stop_server(
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    grace_s: float = 5.0,
+    servicer: FraudScoringServicer | None = None,
+) -> None:
+    """Graceful stop: report NOT_SERVING, refuse new calls, let in-flight ones finish (up to ``grace_s``).
+
+    With the servicer given, new calls are refused by the servicer itself (``UNAVAILABLE``, retryable)
+    while the in-flight ones finish, and only then is the transport shut down: grpc core would
+    otherwise cancel calls it had received but not yet handed to the application.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace_s)
+    if servicer is not None:
+        await servicer.drain(grace_s)
+    await server.stop(max(0.0, grace_s - (loop.time() - start)))
     await asyncio.sleep(0)
