@@ -1,0 +1,97 @@
+"""`fraudscore score`: batch inference through the pipeline with point-in-time features."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts.events import Order, encode
+from fraudscore.cli import main
+
+
+def _write(path: Path, orders: list[Order], extra: list[bytes] = ()) -> None:  # type: ignore[assignment]
+    path.write_bytes(b"".join(encode(o) + b"\n" for o in orders) + b"".join(e + b"\n" for e in extra))
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _score(data_dir: Path, *args: str) -> int:
+    return main(["--data-dir", str(data_dir), "score", "--no-progress", *args])
+
+
+def test_scores_every_order_and_rejects_bad_ones_with_file_line(registry: tuple[Path, str], tmp_path: Path,
+                                                                sample_orders: list[Order],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    models, version = registry
+    src = tmp_path / "orders.jsonl"
+    bad_amount = b'{"order_id":"bad1","event_time":"2026-03-02T10:00:00Z","customer_id":"c","amount":-1,"currency":"EUR"}'
+    pan = b'{"order_id":"bad2","event_time":"2026-03-02T10:00:00Z","customer_id":"4111111111111111","amount":1,"currency":"EUR"}'
+    _write(src, sample_orders[:200], [bad_amount, pan])
+    out = tmp_path / "decisions.jsonl"
+    assert _score(models.parent, "--input", str(src), "--output", str(out)) == 1  # problems found: rejects
+    decisions = _read(out)
+    assert len(decisions) == 200 and {d["model_version"] for d in decisions} == {version}
+    assert all(d["source"] == "batch" and d["score"] is not None for d in decisions)
+    rejected = _read(tmp_path / "decisions.jsonl.rejected.jsonl")
+    assert [r["line"] for r in rejected] == [201, 202]
+    assert "amount" in rejected[0]["error"] and "card number" in rejected[1]["error"]
+    assert "4111111111111111" not in (tmp_path / "decisions.jsonl.rejected.jsonl").read_text()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["scored"] == 200 and summary["rejected"] == 2
+
+
+def test_point_in_time_features_do_not_depend_on_file_order_or_see_the_future(
+    registry: tuple[Path, str], tmp_path: Path, sample_orders: list[Order]
+) -> None:
+    models, _ = registry
+    orders = sample_orders[:150]
+    fwd, rev = tmp_path / "fwd.jsonl", tmp_path / "rev.jsonl"
+    _write(fwd, orders)
+    _write(rev, list(reversed(orders)))
+    assert _score(models.parent, "--input", str(fwd), "--output", str(tmp_path / "a.jsonl")) == 0
+    assert _score(models.parent, "--input", str(rev), "--output", str(tmp_path / "b.jsonl")) == 0
+    a = {d["order_id"]: d for d in _read(tmp_path / "a.jsonl")}
+    b = {d["order_id"]: d for d in _read(tmp_path / "b.jsonl")}
+    assert a.keys() == b.keys()
+    for oid in a:
+        assert a[oid]["features"] == b[oid]["features"] and a[oid]["score"] == b[oid]["score"]
+    # history warms the state: scoring the second half after the first equals scoring everything at once
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    _write(first, orders[:75])
+    _write(second, orders[75:])
+    assert _score(models.parent, "--input", str(second), "--history", str(first),
+                  "--output", str(tmp_path / "c.jsonl")) == 0
+    for d in _read(tmp_path / "c.jsonl"):
+        assert d["features"] == a[d["order_id"]]["features"] and d["score"] == a[d["order_id"]]["score"]
+
+
+def test_parquet_in_and_out(registry: tuple[Path, str], tmp_path: Path, sample_orders: list[Order]) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from contracts.events import to_builtins
+
+    models, _ = registry
+    rows = [to_builtins(o) for o in sample_orders[:50]]
+    for r in rows:
+        r.pop("items", None)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "orders.parquet")
+    out = tmp_path / "decisions.parquet"
+    assert _score(models.parent, "--input", str(tmp_path / "orders.parquet"), "--output", str(out)) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 50
+    assert "feature.amount" in table.column_names and "score" in table.column_names
+    assert json.loads(table.column("reasons")[0].as_py()) is not None
+
+
+def test_no_model_is_a_clear_usage_error(tmp_path: Path, sample_orders: list[Order],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "o.jsonl"
+    _write(src, sample_orders[:3])
+    assert _score(tmp_path / "empty", "--input", str(src), "--output", str(tmp_path / "d.jsonl")) == 2
+    assert "no model" in capsys.readouterr().err
