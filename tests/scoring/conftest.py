@@ -124,12 +124,15 @@ async def grpc_server(registry: tuple[Path, str], make_settings: Any) -> AsyncIt
         handle.server, handle.health, handle.port, handle.parts, handle.servicer = server, health, port, parts, servicer
         handle.settings = settings
         handle.target = f"127.0.0.1:{port}"
-        started.append((server, health))
+        started.append((server, health, parts, store))
         return handle
 
     yield factory
-    for server, health in started:
+    for server, health, parts, store in started:
         await stop_server(server, health, grace_s=0.5)
+        await parts.store.close()
+        if store is not None:
+            await store.close()
 
 
 @pytest.fixture
