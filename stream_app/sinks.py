@@ -146,10 +146,15 @@ class KinesisSink(RecordSink):
         raise SinkError(f"Kinesis PutRecords to {stream}: {len(pending)} records still failing after "
                         f"{self.attempts} attempts")
 
+    def _put_all(self, stream: str, chunks: list[list[dict[str, Any]]]) -> None:
+        for chunk in chunks:
+            self._put(stream, chunk)
+
     async def publish(self, outputs: Outputs) -> None:
         t0 = time.perf_counter()
-        jobs = [asyncio.to_thread(self._put, stream, chunk)
-                for stream, records in outputs.by_topic.items() for chunk in self._chunks(records)]
+        # Streams in parallel, each stream's chunks in order (keeps per-key order across chunks).
+        jobs = [asyncio.to_thread(self._put_all, stream, self._chunks(records))
+                for stream, records in outputs.by_topic.items() if records]
         if jobs:
             await asyncio.gather(*jobs)
         smetrics.BATCH_SECONDS.labels("publish").observe(time.perf_counter() - t0)

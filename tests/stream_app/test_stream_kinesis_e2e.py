@@ -1,0 +1,106 @@
+"""The Kinesis path end to end on a local Kinesis API server (moto, over HTTP): shard leases and
+checkpoints in DynamoDB, a shard split mid-stream, decisions and dead letters on Kinesis streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import boto3
+import msgspec
+from streamkit import make_traffic
+
+from contracts.events import Decision
+from fraudscore.assemble import build_parts
+from stream_app.deadletter import decode_dead_letter
+from stream_app.kinesis_checkpoints import SHARD_END
+from stream_app.worker import StreamWorker
+from tests.services import MotoServer
+
+
+def kinesis(endpoint: str) -> Any:
+    return boto3.client("kinesis", region_name="us-east-1", endpoint_url=endpoint)
+
+
+def put(client: Any, stream: str, records: list[tuple[bytes, bytes]]) -> None:
+    for i in range(0, len(records), 500):
+        chunk = [{"Data": v, "PartitionKey": k.decode()} for k, v in records[i:i + 500]]
+        resp = client.put_records(StreamName=stream, Records=chunk)
+        assert resp["FailedRecordCount"] == 0
+
+
+def read_stream(client: Any, stream: str) -> list[bytes]:
+    out = []
+    for shard in client.list_shards(StreamName=stream)["Shards"]:
+        it = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
+                                       ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        empty = 0
+        while it and empty < 3:
+            resp = client.get_records(ShardIterator=it, Limit=1000)
+            out.extend(r["Data"] for r in resp["Records"])
+            empty = 0 if resp["Records"] else empty + 1
+            it = resp.get("NextShardIterator")
+    return out
+
+
+async def test_kinesis_end_to_end_with_a_shard_split(stream_settings: Any, moto_server: MotoServer, unique: str) -> None:
+    endpoint = moto_server.endpoint_url
+    settings = stream_settings(**{
+        "stream.source": "kinesis",
+        "stream.kinesis_endpoint_url": endpoint,
+        "stream.kinesis_stream": f"orders-{unique}",
+        "stream.kinesis_checkpoint_table": f"checkpoints-{unique}",
+        "stream.kinesis_lease_s": 3.0,
+        "stream.kinesis_poll_interval_ms": 50,
+    })
+    client = kinesis(endpoint)
+    t = settings.kafka.topics
+    for name, shards in ((settings.stream.kinesis_stream, 2), (t.decisions, 2), (t.actions, 1), (t.dead_letters, 1)):
+        client.create_stream(StreamName=name, ShardCount=shards)
+    for name in (settings.stream.kinesis_stream, t.decisions, t.actions, t.dead_letters):
+        client.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.2})
+    traffic = make_traffic(2000, seed=21, bad_every=100, duplicate_rate=0.03)
+    half = len(traffic.emitted) // 2
+    put(client, settings.stream.kinesis_stream, traffic.emitted[:half])
+
+    parts = build_parts(settings)
+    worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("orders",))
+    task = asyncio.create_task(worker.run())
+
+    async def events_at_least(n: int) -> None:
+        for _ in range(1200):
+            if task.done():
+                task.result()
+            if worker.consumers and worker.consumers["orders"].stats.events >= n:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"stuck at {worker.consumers['orders'].stats}")
+
+    try:
+        await events_at_least(half)
+        # Reshard while running: split the first shard; new records for its keys go to the children.
+        shard = client.list_shards(StreamName=settings.stream.kinesis_stream)["Shards"][0]
+        lo, hi = int(shard["HashKeyRange"]["StartingHashKey"]), int(shard["HashKeyRange"]["EndingHashKey"])
+        client.split_shard(StreamName=settings.stream.kinesis_stream, ShardToSplit=shard["ShardId"],
+                           NewStartingHashKey=str((lo + hi) // 2))
+        put(client, settings.stream.kinesis_stream, traffic.emitted[half:])
+        await events_at_least(len(traffic.emitted))
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+    decisions = [msgspec.json.decode(v, type=Decision) for v in read_stream(client, t.decisions)]
+    per_id = Counter(d.order_id for d in decisions)
+    missing = traffic.order_ids - set(per_id)
+    assert not missing, (len(decisions), len(missing), worker.consumers["orders"].stats)
+    assert len(decisions) == len(traffic.order_ids) + len(traffic.duplicates)  # repeats answered, not re-applied
+    letters = [decode_dead_letter(v) for v in read_stream(client, t.dead_letters)]
+    assert len(letters) == len(traffic.bad)
+    assert all(dl.source == "kinesis" and isinstance(dl.partition, str) and dl.offset for dl in letters)
+    # moto keeps routing records to a split parent and never ends its iterator, so the SHARD_END →
+    # children hand-over (NextShardIterator = null on real Kinesis) cannot be observed here; what
+    # can: the worker kept its leases and checkpoints through the split and lost nothing.
+    leases = worker.consumers["orders"].checkpoints.leases()  # type: ignore[attr-defined]
+    assert leases[shard["ShardId"]].checkpoint not in (None, SHARD_END)
+    assert all(lease.owner is None for lease in leases.values()), "leases released on a graceful stop"
