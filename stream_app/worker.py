@@ -128,6 +128,7 @@ class StreamWorker:
         self.consumers: dict[str, Consumer] = {}
         self.orders_processor: OrdersProcessor | None = None
         self.sinks: list[RecordSink] = []
+        self._closers: list[Any] = []
         self._stop = asyncio.Event()
         self.started_at = time.time()
         self.ready = asyncio.Event()
@@ -199,6 +200,7 @@ class StreamWorker:
                 from stream_app.webhook import WebhookProcessor
 
                 processor = WebhookProcessor(s.stream.webhook, topics, policy=self.policy)
+                self._closers.append(processor.close)
             self.consumers[role] = self._consumer(role, processor, sink)
 
     def _consumer(self, role: Role, processor: Any, sink: RecordSink) -> Consumer:
@@ -234,6 +236,9 @@ class StreamWorker:
             if failed:
                 raise failed[0].exception()  # type: ignore[misc]
         finally:
+            for close in self._closers:
+                with contextlib.suppress(Exception):
+                    await close()
             for sink in self.sinks:
                 with contextlib.suppress(Exception):
                     await sink.close()

@@ -1,0 +1,116 @@
+"""The webhook sink against a real local HTTP server that fails intermittently."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+from streamkit import produce, read_all
+
+from contracts.events import Action, encode
+from fraudscore.assemble import build_parts
+from stream_app.deadletter import decode_dead_letter
+from stream_app.kafka import ensure_topics
+from stream_app.webhook import signature
+from stream_app.worker import StreamWorker
+from tests.services import free_port
+
+SECRET = "s3cret"
+
+
+class FlakyReceiver:
+    """Fails the first attempts of most keys (503, Retry-After, 429, dropped connection); rejects
+    ``bad-*`` keys with 400; keeps the first delivery per Idempotency-Key."""
+
+    def __init__(self) -> None:
+        self.attempts: Counter[str] = Counter()
+        self.accepted: dict[str, bytes] = {}
+        self.repeats = 0
+        self.bad_signatures = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        key = request.headers["Idempotency-Key"]
+        body = await request.read()
+        if request.headers.get("X-Fraudscore-Signature") != signature(SECRET.encode(), body):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        self.attempts[key] += 1
+        n = self.attempts[key]
+        if key.startswith("bad-"):
+            return web.Response(status=400, text="unknown order")
+        mode = hash(key) % 4
+        if mode == 1 and n == 1:
+            return web.Response(status=503)
+        if mode == 2 and n <= 2:
+            return web.Response(status=429, headers={"Retry-After": "0"})
+        if mode == 3 and n == 1:
+            assert request.transport is not None
+            request.transport.close()  # connection dropped mid-request
+            return web.Response(status=500)
+        if key in self.accepted:
+            self.repeats += 1
+            return web.Response(status=200, text="already processed")
+        self.accepted[key] = body
+        return web.Response(status=201)
+
+
+async def test_webhook_delivers_every_action_once_per_key(stream_settings: Any) -> None:
+    receiver = FlakyReceiver()
+    app = web.Application()
+    app.router.add_post("/hooks/fraud", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        settings = stream_settings(**{
+            "stream.webhook.url": f"http://127.0.0.1:{port}/hooks/fraud",
+            "stream.webhook.secret": SECRET,
+            "stream.webhook.backoff_base_ms": 5,
+            "stream.webhook.backoff_max_ms": 50,
+            "stream.webhook.max_attempts": 4,
+            "stream.webhook.timeout_ms": 1000,
+        })
+        await ensure_topics(settings.kafka)
+        now = dt.datetime.now(dt.UTC)
+        actions = [Action(order_id=f"o-{i}", action=("review", "challenge", "block")[i % 3], decided_at=now,
+                          rule="r" if i % 2 else None, reason=None if i % 2 else "model score 0.97")
+                   for i in range(300)]
+        records: list[tuple[bytes | None, bytes]] = [(a.order_id.encode(), encode(a)) for a in actions]
+        records += [(a.order_id.encode(), encode(a)) for a in actions[:30]]  # redeliveries of the same keys
+        bad = [Action(order_id=f"bad-{i}", action="block", decided_at=now) for i in range(3)]
+        records += [(a.order_id.encode(), encode(a)) for a in bad]
+        records.append((b"junk", b"{not json"))
+        await produce(settings.kafka.bootstrap or "", settings.kafka.topics.actions, records)
+
+        parts = build_parts(settings)
+        worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("webhook",))
+        task = asyncio.create_task(worker.run())
+        try:
+            for _ in range(1200):
+                if task.done():
+                    task.result()
+                if worker.consumers and worker.consumers["webhook"].stats.events >= len(records):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 60)
+    finally:
+        await runner.cleanup()
+
+    assert receiver.bad_signatures == 0
+    assert set(receiver.accepted) == {a.order_id for a in actions}, "every action delivered"
+    assert all(receiver.accepted[a.order_id] == encode(a) for a in actions), "each once, with its own body"
+    assert any(n > 1 for n in receiver.attempts.values()), "the server did fail and the sink retried"
+    letters = [decode_dead_letter(r.value)
+               for r in await read_all(settings.kafka.bootstrap or "", settings.kafka.topics.dead_letters,
+                                       expect_at_least=4)]
+    stages = Counter(dl.stage for dl in letters)
+    assert stages == {"delivery": 3, "decode": 1}
+    assert {dl.key for dl in letters if dl.stage == "delivery"} == {a.order_id for a in bad}
+    assert all("HTTP 400" in dl.error for dl in letters if dl.stage == "delivery")
