@@ -45,6 +45,7 @@ class Tile(msgspec.Struct, array_like=True):
     lo: list[int] = []  #: min per numeric field (meaningful when c > 0)
     hi: list[int] = []  #: max per numeric field
     d: list[set[str]] = []  #: distinct values per distinct field
+    i: str = ""  #: id of the latest event (finest level only: ``(t, i)`` is the tile's latest key)
 
 
 class EntityState(msgspec.Struct):
@@ -87,9 +88,12 @@ def _new_tile(ns: Namespace) -> Tile:
     return Tile(0, NO_TS, [0] * k, [0] * k, [0] * k, [0] * k, [set() for _ in ns.distinct_fields])
 
 
-def _add(tile: Tile, ev: LogEvent) -> None:
+def _add(tile: Tile, ev: LogEvent, finest: bool = False) -> None:
     tile.n += 1
-    if ev.ts > tile.t:
+    if finest:
+        if (ev.ts, ev.id) > (tile.t, tile.i):
+            tile.t, tile.i = ev.ts, ev.id
+    elif ev.ts > tile.t:
         tile.t = ev.ts
     for i, v in enumerate(ev.nums):
         if v is None:
@@ -111,6 +115,7 @@ def _add(tile: Tile, ev: LogEvent) -> None:
 def fold(ns: Namespace, state: EntityState, ev: LogEvent) -> None:
     """Add one event (already known to be new and not late) to ``state``, in place."""
     tiles = state.tiles
+    finest = ns.levels[0]
     for r in ns.levels:
         level = tiles.get(r)
         if level is None:
@@ -119,7 +124,7 @@ def fold(ns: Namespace, state: EntityState, ev: LogEvent) -> None:
         tile = level.get(idx)
         if tile is None:
             tile = level[idx] = _new_tile(ns)
-        _add(tile, ev)
+        _add(tile, ev, r == finest)
     key = (ev.ts, ev.id)
     if key > (state.wm, state.wm_id):
         state.wm, state.wm_id = key
@@ -161,14 +166,30 @@ def log_span(ns: Namespace, ts: int) -> tuple[int, int]:
 def needs_log(ns: Namespace, state: EntityState, okey: Key) -> bool:
     """True when a read as of ``okey`` must split its finest head tile with the event log.
 
-    That is when the tile holding ``okey`` at the finest level also holds an event at or after
-    ``okey``'s time (applied out of order, or ``okey`` itself). In-order reads never need it.
+    That is when events after ``okey`` were applied (out of order) and the finest tile holding
+    ``okey`` has its latest event at or after ``okey``. In-order reads never need it.
     """
     if (state.wm, state.wm_id) <= okey:
         return False
     r0 = ns.levels[0] * US
     tile = state.tiles.get(ns.levels[0], {}).get(okey[0] // r0)
-    return tile is not None and tile.t >= okey[0]
+    return tile is not None and (tile.t, tile.i) >= okey
+
+
+def is_applied(ns: Namespace, state: EntityState, okey: Key, log: Sequence[LogEvent] | None) -> bool:
+    """True when the event with key ``okey`` is already folded into ``state``."""
+    wm = (state.wm, state.wm_id)
+    if wm <= okey:
+        return wm == okey
+    r0 = ns.levels[0] * US
+    tile = state.tiles.get(ns.levels[0], {}).get(okey[0] // r0)
+    if tile is None or (tile.t, tile.i) < okey:
+        return False
+    if (tile.t, tile.i) == okey:
+        return True
+    if log is None:
+        raise NeedLog(okey)
+    return any(e.ts == okey[0] and e.id == okey[1] for e in log)
 
 
 def _event_tile(ns: Namespace, ev: LogEvent) -> Tile:
@@ -188,7 +209,7 @@ def _head(ns: Namespace, state: EntityState, k: int, okey: Key, log: Sequence[Lo
     tile = state.tiles.get(ns.levels[k], {}).get(h)
     if tile is None:
         return []
-    if tile.t < okey[0]:
+    if tile.t < okey[0] or (k == 0 and (tile.t, tile.i) <= okey):
         return [tile]
     if k == 0:
         if log is None:
@@ -267,7 +288,7 @@ def previous_ts(ns: Namespace, state: EntityState, okey: Key, log: Sequence[LogE
     floor = log_floor(ns, okey[0])
     tile0 = state.tiles.get(ns.levels[0], {}).get(okey[0] // r0)
     if tile0 is not None:
-        if tile0.t < okey[0]:
+        if (tile0.t, tile0.i) < okey:
             return tile0.t
         if log is None:
             raise NeedLog(okey)
@@ -319,10 +340,7 @@ def read_order(
         rkey = (ts, MAX_ID) if label else okey
         parts = window_tiles(ns, state, res, n, rkey, log)
         if not label and self_events is not None and key in self_events:
-            applied = (state.wm, state.wm_id) == okey or (
-                needs_log(ns, state, okey) and any(e.id == order.order_id and e.ts == ts for e in log or ())
-            )
-            if not applied:
+            if not is_applied(ns, state, okey, log):
                 parts = [*parts, _event_tile(ns, self_events[key])]
         cache[ck] = parts
         return parts

@@ -159,15 +159,8 @@ class TiledStore(FeatureStore):
                 ids.setdefault(k, []).append(ev.id)
         keys = list(dict.fromkeys([*ids, *(k for rs in reads.values() for k, _ in rs)]))
         loaded = await self._load(keys, ids)
-        # ties (another event of the batch at the same time and key) also split the head tile
-        seen_ts: dict[tuple[str, int], int] = {}
-        for evs in events.values():
-            for k, ev in evs:
-                seen_ts[(k, ev.ts)] = seen_ts.get((k, ev.ts), 0) + 1
-        wanted = []
-        for i, rs in reads.items():
-            for k, okey in rs:
-                wanted.append((k, okey, seen_ts.get((k, okey[0]), 0) > 1))
+        # only entities that already hold a later event in the same minute need their log
+        wanted = [(k, okey, False) for rs in reads.values() for k, okey in rs]
         work = _Work(loaded, logs=await self._logs_for(loaded.states, wanted))
         work.views = {k: EntityView(s, work.logs.get(k)) for k, s in loaded.states.items()}
         for i in sorted(first.values(), key=lambda i: (to_us(orders[i]), orders[i].order_id)):
@@ -197,6 +190,8 @@ class TiledStore(FeatureStore):
             except NeedLog:
                 result.features[i] = empty_features(layout.features, order)
             return
+        # read first (the order counted once as its own event), then fold: the same as folding first
+        result.features[i] = read_order(layout, order, views, dict(evs))
         for k, ev in evs:
             if ev.id in work.loaded.known.get(k, ()) or ev.id in work.ids.get(k, ()):
                 result.duplicates += 1
@@ -206,7 +201,6 @@ class TiledStore(FeatureStore):
             work.ids.setdefault(k, set()).add(ev.id)
             if k in work.logs:
                 work.logs[k].append(ev)
-        result.features[i] = read_order(layout, order, views)
 
     async def apply_labels(self, labels: Sequence[Label]) -> BatchResult:
         layout = self.layout
