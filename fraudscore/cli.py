@@ -78,6 +78,22 @@ def _add_up(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=_cmd_up)
 
 
+# ---------------------------------------------------------------------------------------- simulate
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from training.simulator import cli as sim_cli
+
+    p = sub.add_parser(
+        "simulate",
+        help="synthetic orders and delayed labels (seeded) to Kafka, Kinesis or JSONL/Parquet files",
+        description=(sim_cli.__doc__ or "").strip().splitlines()[0] if sim_cli.__doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sim_cli.add_arguments(p)
+    p.set_defaults(handler=sim_cli.run)
+
+
 # ------------------------------------------------------------------------------------------ models
 
 
@@ -182,7 +198,7 @@ def _add_rules(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 # -------------------------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
-    _add_up, _add_train, _add_models, _add_rules,
+    _add_up, _add_simulate, _add_train, _add_models, _add_rules,
 ]
 
 

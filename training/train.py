@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import xgboost as xgb
 
 from contracts.events import Label, Order
 from feature_state.definitions import FeatureSet
-from feature_state.stores.memory import MemoryStore
+from feature_state.replay import replay
 from training.evaluate import average_precision, precision_at_k
 from training.registry import promote, register
 
@@ -43,16 +42,20 @@ class Dataset:
 
 
 def build_dataset(orders: Sequence[Order], labels: Sequence[Label], features: FeatureSet) -> Dataset:
-    """Each order's features as of its event time (replayed through the online store code) and its label."""
+    """Each order's features as of its event time and its label.
+
+    Features come from :func:`feature_state.replay.replay`, the vectorised point-in-time replay that
+    equals the online stores bit for bit; label-derived features only see labels known by then.
+    The training label is whether the order was *ever* labelled fraud (a matured dataset).
+    """
     ordered = sorted(orders, key=lambda o: (o.event_time, o.order_id))
-    store = MemoryStore(features, allowed_lateness_s=0.0)
-    rows = asyncio.run(store.apply_and_read(ordered))
+    result = replay(features, ordered, labels)
     fraud = {lb.order_id for lb in labels if lb.label == "fraud"}
-    names = features.names
-    X = np.array([[np.nan if (v := r[n]) is None else v for n in names] for r in rows], dtype=np.float32)
-    y = np.array([1.0 if o.order_id in fraud else 0.0 for o in ordered], dtype=np.float32)
-    times = np.array([o.event_time.timestamp() for o in ordered])
-    return Dataset(X, y, times, [o.order_id for o in ordered], names)
+    kept = [ordered[i] for i in result.source_index.tolist()]
+    X = result.matrix(np.float32)
+    y = np.array([1.0 if o.order_id in fraud else 0.0 for o in kept], dtype=np.float32)
+    times = np.array([o.event_time.timestamp() for o in kept])
+    return Dataset(X, y, times, result.order_ids, list(result.names))
 
 
 def train(ds: Dataset, *, holdout_fraction: float = 0.2, rounds: int = 200) -> tuple[xgb.Booster, dict[str, float]]:
