@@ -25,6 +25,9 @@ from training.simulator.traffic import legit_orders
 from training.simulator.world import WEEKLY_FACTOR, World, build_world, letters
 
 _UTC = dt.UTC
+_encode = msgspec.json.Encoder().encode
+#: Row columns the encoder does not need.
+_UNUSED = frozenset({"amount_usd", "typical_usd"})
 _fromts = dt.datetime.fromtimestamp
 
 
@@ -126,14 +129,14 @@ class DayEncoder:
         rows = self.rows(day)
         n = n_rows(rows)
         rng = rng_for(cfg.seed, day, EMIT)
-        rows = take_rows(rows, np.argsort(rows["t"], kind="stable"))
+        by_time = np.argsort(rows["t"], kind="stable")
         # order ids follow event time; the emission order is shuffled within the reorder window
         jitter = (rng.random(n) * cfg.reorder_window_s * 1000.0).astype(np.int64) if cfg.reorder_window_s else 0
-        emit = np.argsort(rows["t"] + jitter, kind="stable")
-        return self._encode(day, take_rows(rows, emit), emit.tolist())
+        emit = np.argsort(rows["t"][by_time] + jitter, kind="stable")
+        return self._encode(day, take_rows(rows, by_time[emit]), emit.tolist())
 
     def _encode(self, day: int, rows: Rows, rank: list[int]) -> DayOutput:
-        c = {name: col.tolist() for name, col in rows.items()}
+        c = {name: col.tolist() for name, col in rows.items() if name not in _UNUSED}
         skus = (c["sku0"], c["sku1"], c["sku2"])
         qtys = (c["qty0"], c["qty1"], c["qty2"])
         prices = (c["price0"], c["price1"], c["price2"])
@@ -188,7 +191,7 @@ class DayEncoder:
                 items=items,
             )
             keys.append(cust.encode())
-            values.append(encode(order))
+            values.append(_encode(order))
             if fraud:
                 frauds.append(FraudMark(i, oid, scen[i], sid[i], victim[i], card, mid, tid, amount, cur))
             if want_labels:

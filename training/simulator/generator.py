@@ -138,8 +138,8 @@ class _Merge:
         try:
             for out in days:
                 self.summary.terminals = out.terminals
-                yield from self._emit_day(out)
                 self.summary.days_generated = out.day + 1
+                yield from self._emit_day(out)
                 if self.done:
                     break
         finally:
@@ -152,8 +152,6 @@ class _Merge:
             end = cfg.end_ms
             yield from self._release((end if end is not None else self.clock + 1) - 1)
         self.heap.clear()
-        for name, ids in self.instances.items():
-            self.summary.instances_by_scenario[name] = len(ids)
 
     def _release(self, until_ms: int) -> Iterator[SimEvent]:
         heap, labels = self.heap, self.summary.labels
@@ -198,11 +196,15 @@ class _Merge:
             yield event
             self.seq += 1
             self.n_orders += 1
+            summary.orders = self.n_orders  # kept current: a stopped live run still reports its counts
+            summary.events_emitted = self.seq
             mark = frauds.get(i) if frauds else None
             if mark is not None:
                 summary.fraud_orders += 1
                 summary.fraud_by_scenario[mark.scenario] += 1
-                self.instances[mark.scenario].add(mark.scenario_id)
+                ids = self.instances[mark.scenario]
+                ids.add(mark.scenario_id)
+                summary.instances_by_scenario[mark.scenario] = len(ids)
                 truth = TruthRecord(
                     kind="fraud", seq=self.seq - 1, order_id=mark.order_id, event_time=to_datetime(t),
                     scenario=mark.scenario, scenario_id=mark.scenario_id, customer_id=key.decode(),
@@ -231,8 +233,6 @@ class _Merge:
                 yield from self._duplicate(again)
         if self.n_orders:
             summary.last_event_time = to_datetime(self.clock)
-        summary.orders = self.n_orders
-        summary.events_emitted = self.seq
 
     def _duplicate(self, event: SimEvent) -> Iterator[SimEvent]:
         order_id = order_id_of(event.value)
@@ -241,6 +241,7 @@ class _Merge:
         yield SimEvent("truth", order_id.encode(), encode(truth), event.time_ms, "truth")
         self.seq += 1
         self.summary.duplicates += 1
+        self.summary.events_emitted = self.seq
 
     def _bad(self, template: bytes, t: int, kind: int, cut: float, digits: list[int], style: int) -> Iterator[SimEvent]:
         bad_id = f"bad_{self.tag}{self.n_bad:09d}"

@@ -11,12 +11,13 @@ Scenarios (``docs/simulator.md`` states the exact distributions):
 * ``card_testing``: 8 + Poisson(12) (≤ 60) small amounts (0.50–5.00) on one stolen card, seconds
   apart, across 1–5 online digital merchants, from one fraudster device; 30 % end with 1–2 large
   "cash-out" orders 0.5–6 h later.
-* ``account_takeover``: on an account older than 60 days, 1–5 orders within 3 h from a new device,
-  mostly a foreign IP country and a foreign shipping country, 3–12 × the customer's typical amount.
+* ``account_takeover``: on an account older than 60 days, 1–5 orders within 3 h from a new device
+  (25 %: the victim's own device id, a stolen session), an IP abroad (60 %) and shipping abroad
+  (55 %), 2–10 × the customer's typical amount.
 * ``compromised_merchant``: episodes of 2–7 days at one mid-sized merchant (sometimes one terminal)
   where extra orders are paid with stolen cards.
-* ``stolen_card_spree``: 3 + Poisson(2) (≤ 10) large orders (log-normal, median 350 USD) on one
-  stolen card within 1–6 h, from a fresh account or as guest.
+* ``stolen_card_spree``: 2 + Poisson(2) (≤ 8) large orders (log-normal, median 350 USD) on one
+  stolen card within 1–12 h, from a fresh account or as guest.
 * ``high_amount``: one order at 8–30 × the customer's typical amount on the customer's own account,
   half of them from the customer's own device.
 """
@@ -40,10 +41,8 @@ from training.simulator.world import (
     DISPOSABLE_EMAIL,
     N_HOME,
     RISKY_COUNTRIES,
-    UTC_OFFSET_H,
     World,
     country_names,
-    hour_probabilities,
     letters,
     random_ips,
 )
@@ -408,9 +407,7 @@ def high_amount(ctx: DayContext, budget: float, prefix: str) -> list[Rows]:
         return []
     victim = ctx.victims(n, min_age_days=30.0)
     home = w.cust_home[victim]
-    hours = rng.choice(24, size=n, p=hour_probabilities(FRAUD_HOUR_FLATTEN))
-    local = hours * HOUR_MS + (rng.random(n) * HOUR_MS).astype(np.int64)
-    t = ctx.day_start_ms + np.mod(local - np.asarray(UTC_OFFSET_H)[home] * HOUR_MS, DAY_MS)
+    t = event_times(rng, n, ctx.day_start_ms, home, FRAUD_HOUR_FLATTEN)
     merchant = np.array([w.category_group(HIGH_AMOUNT_CATEGORIES, int(h)).sample(rng, 1)[0] for h in home])
     usd = w.cust_typical_usd[victim] * rng.uniform(8.0, 30.0, n)
     card = w.cust_card_off[victim] + rng.integers(0, w.cust_card_n[victim])
@@ -429,7 +426,8 @@ def high_amount(ctx: DayContext, budget: float, prefix: str) -> list[Rows]:
         customer_id=w.cust_id[victim], acct_ms=w.cust_created_ms[victim],
         channel=np.where(rng.random(n) < 0.5, "web", "app").astype(object),
         card=w.card_token[card], card_bin=w.card_bin[card], card_country=country_names(w.card_country[card]),
-        ip=ip, ip_country=country_names(home), device_id=device, email=w.cust_email[victim],
+        ip=ip, ip_country=country_names(np.where(own, w.cust_ip_country[victim], home)), device_id=device,
+        email=w.cust_email[victim],
         billing=country_names(home), typical_usd=w.cust_typical_usd[victim],
     )  # fmt: skip
     shipped = np.asarray(CATEGORY_SHIPPED)[w.mer_category[merchant]]

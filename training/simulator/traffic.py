@@ -51,11 +51,13 @@ SIGNUP_PURCHASE_SHARE = 0.6
 def event_times(
     rng: np.random.Generator, n: int, day_start_ms: int, country: np.ndarray, flatten: float = 0.0
 ) -> np.ndarray:
-    """Event times (epoch ms) within one UTC day, following the hourly profile in local time."""
+    """Event times (epoch ms) in ``[day_start_ms, day_start_ms + 24 h)``, following the hourly profile
+    in the local time of ``country`` (indices into the home countries; any start time of day)."""
     hours = rng.choice(24, size=n, p=hour_probabilities(flatten))
     local_ms = hours * 3_600_000 + (rng.random(n) * 3_600_000).astype(np.int64)
     offset = np.asarray(UTC_OFFSET_H, dtype=np.int64)[country] * 3_600_000
-    times: np.ndarray = day_start_ms + np.mod(local_ms - offset, DAY_MS)
+    utc_time_of_day = np.mod(local_ms - offset, DAY_MS)
+    times: np.ndarray = day_start_ms + np.mod(utc_time_of_day - day_start_ms % DAY_MS, DAY_MS)
     return times
 
 

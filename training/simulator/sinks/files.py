@@ -12,20 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
 import msgspec
 
-from contracts.events import Label, Order
 from training.simulator.exceptions import SinkError
 from training.simulator.generator import Simulation
-from training.simulator.records import SimEvent, TruthRecord
+from training.simulator.records import SimEvent
 from training.simulator.sinks.base import Driver, ProgressFn, SinkReport, StopFlag
+from training.simulator.sinks.parquet import ParquetWriter
 
 FileFormat = Literal["jsonl", "parquet"]
-_order_decoder = msgspec.json.Decoder(Order)
-_label_decoder = msgspec.json.Decoder(Label)
-_truth_decoder = msgspec.json.Decoder(TruthRecord)
 STREAMS: tuple[str, ...] = ("orders", "labels", "truth")
 _FLUSH_BYTES = 1 << 20
 
@@ -78,128 +75,6 @@ class JsonlWriter:
         for stream, f in self._files.items():
             self._flush(stream)
             f.close()
-
-
-def _order_schema() -> Any:
-    import pyarrow as pa
-
-    ts = pa.timestamp("ms", tz="UTC")
-    item = pa.struct(
-        [("sku", pa.string()), ("category", pa.string()), ("quantity", pa.int32()), ("unit_price", pa.float64())]
-    )
-    return pa.schema(
-        [
-            ("order_id", pa.string()), ("event_time", ts), ("customer_id", pa.string()), ("amount", pa.float64()),
-            ("currency", pa.string()), ("account_created_at", ts), ("merchant_id", pa.string()),
-            ("terminal_id", pa.string()), ("channel", pa.string()), ("payment_method", pa.string()),
-            ("payment_card_fingerprint", pa.string()), ("payment_card_bin", pa.string()),
-            ("payment_card_country", pa.string()), ("ip_address", pa.string()), ("ip_country", pa.string()),
-            ("device_id", pa.string()), ("email_domain", pa.string()), ("billing_country", pa.string()),
-            ("shipping_country", pa.string()), ("items", pa.list_(item)), ("schema_version", pa.int16()),
-        ]
-    )  # fmt: skip
-
-
-def _label_schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("order_id", pa.string()), ("label", pa.string()), ("source", pa.string()),
-            ("label_time", pa.timestamp("ms", tz="UTC")), ("customer_id", pa.string()),
-            ("merchant_id", pa.string()), ("schema_version", pa.int16()),
-        ]
-    )  # fmt: skip
-
-
-def _truth_schema() -> Any:
-    import pyarrow as pa
-
-    s = pa.string()
-    return pa.schema(
-        [
-            ("kind", s), ("seq", pa.int64()), ("order_id", s), ("event_time", pa.timestamp("ms", tz="UTC")),
-            ("scenario", s), ("scenario_id", s), ("customer_id", s), ("victim_customer_id", s),
-            ("card_fingerprint", s), ("merchant_id", s), ("terminal_id", s), ("amount", pa.float64()),
-            ("currency", s), ("defect", s), ("field", s), ("sha256", s),
-        ]
-    )  # fmt: skip
-
-
-def _order_row(o: Order) -> tuple[Any, ...]:
-    p = o.payment
-    items = None
-    if o.items is not None:
-        items = [
-            {"sku": i.sku, "category": i.category, "quantity": i.quantity, "unit_price": i.unit_price} for i in o.items
-        ]
-    return (
-        o.order_id, o.event_time, o.customer_id, o.amount, o.currency, o.account_created_at, o.merchant_id,
-        o.terminal_id, o.channel, p.method if p else None, p.card_fingerprint if p else None,
-        p.card_bin if p else None, p.card_country if p else None, o.ip_address, o.ip_country, o.device_id,
-        o.email_domain, o.billing_country, o.shipping_country, items, o.schema_version,
-    )  # fmt: skip
-
-
-def _label_row(la: Label) -> tuple[Any, ...]:
-    return (la.order_id, la.label, la.source, la.label_time, la.customer_id, la.merchant_id, la.schema_version)
-
-
-def _truth_row(t: TruthRecord) -> tuple[Any, ...]:
-    return tuple(getattr(t, f) for f in t.__struct_fields__)
-
-
-class ParquetWriter:
-    """Typed tables ``<dir>/<stream>.parquet``, one row group per ``row_group`` rows."""
-
-    def __init__(self, out_dir: Path, row_group: int = 100_000) -> None:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:  # pragma: no cover - pyarrow is in the parquet extra
-            raise SinkError("Parquet output needs pyarrow: pip install 'fraudscore[parquet]'") from exc
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.paths = {s: out_dir / f"{s}.parquet" for s in STREAMS}
-        self._schemas = {"orders": _order_schema(), "labels": _label_schema(), "truth": _truth_schema()}
-        self._writers = {s: pq.ParquetWriter(str(self.paths[s]), self._schemas[s]) for s in STREAMS}
-        self._rows: dict[str, list[tuple[Any, ...]]] = {s: [] for s in STREAMS}
-        self._row_group = row_group
-
-    def write_batch(self, batch: list[SimEvent]) -> list[SimEvent]:
-        """Add a batch; return the events that were written (malformed orders have no typed form)."""
-        return [e for e in batch if self.write(e)]
-
-    def write(self, event: SimEvent) -> bool:
-        """Add one event; False for a malformed order (no typed form)."""
-        kind = event.kind
-        if kind == "order" or kind == "duplicate":
-            row = _order_row(_order_decoder.decode(event.value))
-        elif kind == "label":
-            row = _label_row(_label_decoder.decode(event.value))
-        elif kind == "truth":
-            row = _truth_row(_truth_decoder.decode(event.value))
-        else:
-            return False
-        rows = self._rows[event.stream]
-        rows.append(row)
-        if len(rows) >= self._row_group:
-            self._flush(event.stream)
-        return True
-
-    def _flush(self, stream: str) -> None:
-        import pyarrow as pa
-
-        rows = self._rows[stream]
-        schema = self._schemas[stream]
-        columns = list(zip(*rows, strict=True))
-        arrays = [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)]
-        self._writers[stream].write_table(pa.Table.from_arrays(arrays, schema=schema))
-        rows.clear()
-
-    def close(self) -> None:
-        for stream, writer in self._writers.items():
-            if self._rows[stream]:
-                self._flush(stream)
-            writer.close()
 
 
 def write_files(
