@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import numpy as np
 
@@ -12,6 +13,7 @@ _WINDOW = re.compile(r"_(\d+)([smhd])$")
 _UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 
 
+@lru_cache(maxsize=4096)
 def _window_words(name: str) -> tuple[str, str]:
     m = _WINDOW.search(name)
     if not m:
@@ -23,7 +25,7 @@ def _window_words(name: str) -> tuple[str, str]:
 
 def describe(feature: str, value: float | None) -> str:
     """A sentence for one feature value, e.g. ``card used 9 times in the last hour``."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value != value:  # None or NaN
         return f"{feature.replace('_', ' ')} unknown"
     base, span = _window_words(feature)
     words = base.split("_")
