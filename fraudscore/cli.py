@@ -169,36 +169,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(handler=_cmd_train)
 
 
-# ------------------------------------------------------------------------------------------- rules
-
-
-def _cmd_rules_check(args: argparse.Namespace, settings: Settings) -> int:
-    from rules.exceptions import RulesetInvalid
-    from rules.ruleset import load_ruleset
-
-    try:
-        rs = load_ruleset(args.dir)
-    except RulesetInvalid as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
-    print(f"{args.dir}: ruleset {rs.name} version {rs.version}: {len(rs.rules)} rules OK")
-    return 0
-
-
-def _add_rules(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("rules", help="validate analyst rule files",
-                       description="Work with rule files (YAML + CEL conditions).")
-    rsub = p.add_subparsers(dest="rules_cmd", required=True, metavar="{check}")
-    cp = rsub.add_parser("check", help="parse and compile every rule file; file:line errors, exit 1 on problems")
-    cp.add_argument("dir", type=Path, help="rules directory or file")
-    cp.set_defaults(handler=_cmd_rules_check)
-
-
 # -------------------------------------------------------------------------------------------- main
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
-    _add_up, _add_simulate, _add_train, _add_models, _add_rules,
+    _add_up, _add_simulate, _add_train, _add_models,
 ]
 
 

@@ -453,7 +453,7 @@ def load_report(path: str | Path, features: FeatureSet | None = None) -> LoadRep
     rules.sort(key=lambda r: (-r.priority, r.name))
     ordered_t = tuple(sorted(((v, a) for a, v in thresholds.items()), key=lambda va: (-va[0], -DECISION_SEVERITY[va[1]])))
     content = digest.hexdigest()
-    declared_version = "+".join(declared)
+    declared_version = "+".join(dict.fromkeys(declared))
     bindings = tuple(b.table.bindings)
     b.report.ruleset = Ruleset(
         name="+".join(dict.fromkeys(names)),
