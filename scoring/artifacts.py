@@ -132,7 +132,9 @@ def verify(
             raise ModelArtifactError(f"{f}: listed in the manifest but missing")
         actual = sha256_file(f)
         if actual != digest:
-            raise ModelArtifactError(f"{f}: sha256 mismatch (manifest {digest[:12]}…, file {actual[:12]}…); refusing to load")
+            raise ModelArtifactError(
+                f"{f}: sha256 mismatch (manifest {digest[:12]}…, file {actual[:12]}…); refusing to load"
+            )
     _check_model_bytes(version_dir / manifest.model_file)
     if feature_names is not None:
         missing = [n for n in manifest.feature_names if n not in feature_names]

@@ -133,6 +133,11 @@ class _Writer:
             pq.write_table(pa.table({"order_id": pa.array([], pa.string())}), self.path)
 
 
+def _reject(path: Path, line: int, error: str | None, raw: bytes) -> bytes:
+    record = redact_bytes(raw).decode("utf-8", "replace").rstrip("\n")  # card numbers masked
+    return json.dumps({"file": str(path), "line": line, "error": error, "record": record}).encode()
+
+
 async def score_file(
     pipeline: DecisionPipeline,
     input_path: Path,
@@ -151,16 +156,14 @@ async def score_file(
     targets: list[Order] = []
     for line, order, raw, err in read_orders(input_path):
         if order is None:
-            rejects.append(json.dumps({"file": str(input_path), "line": line, "error": err,
-                                       "record": redact_bytes(raw).decode("utf-8", "replace").rstrip("\n")}).encode())
+            rejects.append(_reject(input_path, line, err, raw))
         else:
             targets.append(order)
     warm: list[Order] = []
     if history is not None:
         for line, order, raw, err in read_orders(history):
             if order is None:
-                rejects.append(json.dumps({"file": str(history), "line": line, "error": err,
-                                           "record": redact_bytes(raw).decode("utf-8", "replace").rstrip("\n")}).encode())
+                rejects.append(_reject(history, line, err, raw))
             else:
                 warm.append(order)
     target_ids = {o.order_id for o in targets}

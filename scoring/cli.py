@@ -58,6 +58,7 @@ def _serve_sagemaker(args: argparse.Namespace, settings: Settings) -> int:
     from scoring.sagemaker_server import SageMakerApp, SageMakerServer
 
     model_dir: Path = args.model_dir
+    pinned: str | None
     if (model_dir / "manifest.json").is_file():  # one version, as SageMaker unpacks model.tar.gz
         models_dir, pinned = model_dir.parent, model_dir.name
     else:  # a registry: serve its champion
@@ -171,7 +172,8 @@ def _cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from scoring.pipeline import DecisionPipeline
 
     if args.model:
-        settings = settings.model_copy(update={"scoring": settings.scoring.model_copy(update={"model_version": args.model})})
+        pinned = settings.scoring.model_copy(update={"model_version": args.model})
+        settings = settings.model_copy(update={"scoring": pinned})
     if settings.scoring.runtime == "auto":  # a short-lived batch: no background compile
         settings = settings.model_copy(update={"scoring": settings.scoring.model_copy(update={"runtime": "native"})})
     features = load_feature_set(settings.feature_store.definitions)
@@ -311,7 +313,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         formatter_class=raw,
     )
     asub = a.add_subparsers(dest="artifact_cmd", required=True, metavar="{verify,sign,compile}")
-    v = asub.add_parser("verify", help="check checksums, signature (when a key is set), format, features; exit 1 if refused")
+    v = asub.add_parser("verify",
+                        help="check checksums, signature (when a key is set), format, features; exit 1 if refused")
     v.add_argument("version", help="version in the registry, or a version directory")
     v.set_defaults(handler=_cmd_artifact_verify)
     sg = asub.add_parser("sign", help="add an HMAC-SHA256 signature with scoring.model_signing_key")

@@ -80,7 +80,8 @@ def decision_to_proto(d: Decision, include_features: bool = False) -> pb.ScoreRe
     if d.score is not None:
         resp.score = d.score
     for m in d.matched_rules:
-        resp.matched_rules.add(name=m.name, action=DECISION_TO_PB[m.action], shadow=m.mode == "shadow", error=m.error or "")
+        resp.matched_rules.add(name=m.name, action=DECISION_TO_PB[m.action], shadow=m.mode == "shadow",
+                               error=m.error or "")
     for r in d.reasons:
         reason = resp.reasons.add(feature=r.feature, contribution=r.contribution, text=r.text)
         if r.value is not None:

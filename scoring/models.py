@@ -88,9 +88,7 @@ def load_model(
 
 def compile_or_native(native: NativeRuntime, model_sha256: str, opts: RuntimeOptions) -> ModelRuntime:
     """The compiled runtime for ``native``'s model, or ``native`` itself when that fails (logged)."""
-    from scoring.runtimes.compiled import CompiledRuntime, CompiledUnavailable, build_library
-
-    from scoring.runtimes.compiled import library_path
+    from scoring.runtimes.compiled import CompiledRuntime, CompiledUnavailable, build_library, library_path
 
     cache = opts.cache_dir or Path(".fraudscore") / "compiled"
     try:
@@ -114,7 +112,10 @@ def compile_or_native(native: NativeRuntime, model_sha256: str, opts: RuntimeOpt
 
 
 class ModelHolder:
-    """The serving model and shadows. ``refresh()`` follows the champion pointer; a bad model never replaces a good one."""
+    """The serving model and shadows.
+
+    ``refresh()`` follows the champion pointer; a bad model never replaces a good one.
+    """
 
     def __init__(
         self,

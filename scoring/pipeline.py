@@ -118,11 +118,11 @@ class DecisionPipeline:
             out.append(empty)
         return out
 
-    async def _features(self, orders: Sequence[Order], apply: bool, timeout: float) -> tuple[list[Features], bool]:
+    async def _features(self, orders: Sequence[Order], apply: bool, limit_s: float) -> tuple[list[Features], bool]:
         try:
             if apply:
                 return await self.store.apply_and_read(orders), False
-            return await asyncio.wait_for(self.store.read_as_of(orders), timeout), False
+            return await asyncio.wait_for(self.store.read_as_of(orders), limit_s), False
         except (FeatureStoreUnavailable, TimeoutError) as exc:
             if apply:
                 raise  # the stream retries the batch: applying must not be skipped
@@ -230,11 +230,11 @@ class DecisionPipeline:
             if ruleset is None:
                 outcomes.append(None)
                 continue
-            outcome = evaluate(ruleset, msgspec.to_builtins(order), f, s)
-            for m in outcome.matched:
+            result = evaluate(ruleset, msgspec.to_builtins(order), f, s)
+            for m in result.matched:
                 if m.error:
                     metrics.RULE_ERRORS.labels(m.name).inc()
-            outcomes.append(outcome)
+            outcomes.append(result)
         t3 = time.perf_counter()
         no_score = all(s is None for s in scores)
         if ruleset is None and no_score:

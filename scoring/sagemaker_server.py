@@ -158,7 +158,8 @@ class SageMakerApp:
             return 200, "application/json", json.dumps({"predictions": preds}).encode()
         if out_type == "application/jsonlines":
             return 200, "application/jsonlines", "".join(json.dumps(p) + "\n" for p in preds).encode()
-        raise BadRequest(406, f"unsupported Accept {out_type!r}; use text/csv, application/json or application/jsonlines")
+        raise BadRequest(406, f"unsupported Accept {out_type!r}; use text/csv, application/json or "
+                              "application/jsonlines")
 
     def _orders(self, raw: Any) -> tuple[int, str, bytes]:
         if self.pipeline is None:

@@ -190,7 +190,7 @@ async def _unauthenticated(request: Any, context: grpc.aio.ServicerContext) -> N
                         "missing or invalid bearer token: send metadata `authorization: Bearer <token>`")
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Accept a call only with ``authorization: Bearer <one of the tokens>`` (health / reflection exempt)."""
 
     def __init__(self, tokens: Sequence[str]) -> None:
@@ -258,7 +258,7 @@ async def start_server(
     ]
     interceptors = [TokenAuthInterceptor(tokens)] if tokens else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    pb_grpc.add_FraudScoringServicer_to_server(servicer, server)
+    pb_grpc.add_FraudScoringServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection:

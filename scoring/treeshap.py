@@ -109,7 +109,7 @@ def load_kernel(cache_dir: Path | None = None) -> Any:
         dll = ctypes.CDLL(str(lib))
         fn = dll.fs_treeshap_row
         fn.restype = None
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 6
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, *([ctypes.c_void_p] * 6)]
         _kernel = fn
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("could not build the TreeSHAP kernel (%s); using the numpy path", exc)
@@ -278,7 +278,8 @@ class TreeShap:
         with np.errstate(invalid="ignore"):
             o = (xv >= self.lo) & (xv < self.hi)
         o |= np.isnan(xv) & self.miss
-        return o @ self._pow2  # type: ignore[no-any-return]
+        patterns: np.ndarray = o @ self._pow2
+        return patterns
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """Rows × (features + 1): per-feature contributions to the margin, bias last (like XGBoost)."""
@@ -312,7 +313,7 @@ class TreeShap:
             vals = self.table[self._rows, idx]  # (r, leaves, width)
             offs = (np.arange(r, dtype=np.intp) * (f + 1))[:, None]
             flat = (self._flat_feat[None, :] + offs).ravel()
-            phi = np.bincount(flat, weights=vals.ravel(), minlength=r * (f + 1)).reshape(r, f + 1)
-            out[start : start + r, :f] = phi[:, :f]
+            sums = np.bincount(flat, weights=vals.ravel(), minlength=r * (f + 1)).reshape(r, f + 1)
+            out[start : start + r, :f] = sums[:, :f]
         return out
 

@@ -79,7 +79,8 @@ def build_library(native: NativeRuntime, model_sha256: str, cache_dir: Path, *, 
             os.replace(tmp, lib)
         except Exception as exc:  # treelite/tl2cgen/compiler errors have many types
             tmp.unlink(missing_ok=True)
-            raise CompiledUnavailable(f"compiling model {native.version} failed: {str(exc).splitlines()[0][:300]}") from None
+            first_line = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise CompiledUnavailable(f"compiling model {native.version} failed: {first_line}") from None
         log.info("compiled model %s in %.1fs -> %s", native.version, time.monotonic() - t0, lib)
     return lib
 

@@ -45,7 +45,7 @@ class NativeRuntime(ModelRuntime):
             probe = np.full((1, n), np.nan, dtype=np.float32)
             bias = float(self._xgb_contributions(probe)[0, -1])
             try:
-                self.treeshap = TreeShap(self.booster.save_raw("json"), n, bias)
+                self.treeshap = TreeShap(bytes(self.booster.save_raw("json")), n, bias)
             except TreeShapUnsupported as exc:
                 self.treeshap_error = str(exc)
                 log.warning("model %s: fast reasons unavailable (%s); using XGBoost pred_contribs", self.version, exc)
