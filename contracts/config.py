@@ -81,6 +81,7 @@ class FeatureStoreSettings(_Section):
         None, description="feature definitions YAML; None uses the packaged defaults"
     )
     redis_url: SecretStr | None = Field(None, description="redis://[:password@]host:port/db (may hold a password)")
+    redis_key_prefix: str = Field("fs", min_length=1, description="prefix of every feature key in Redis")
     timeout_ms: int = Field(50, ge=1, description="per-call timeout against the store")
     write_timeout_ms: int = Field(
         2000, ge=1, description="timeout of one batch write (stream path); reads use timeout_ms"

@@ -1,6 +1,6 @@
 """Redis and Redis Cluster backends (redis-py asyncio).
 
-Keys per entity, all with the hash tag ``{<namespace>:<value>}`` so they live in one slot:
+Keys per entity (``fs`` is ``redis_key_prefix``), all with the hash tag ``{<namespace>:<value>}`` so they live in one slot:
 
 ==========================  ========  ==================================================
 ``fs:{o.card:tok_1}:s``     hash      ``b`` the tiles (msgpack), ``v`` the version
@@ -85,8 +85,6 @@ return out
 CHUNK = 2000
 
 
-def _k(key: str, part: str) -> str:
-    return f"fs:{{{key}}}:{part}"
 
 
 class RedisStore(TiledStore):
@@ -105,9 +103,11 @@ class RedisStore(TiledStore):
         timeout_ms: int = 50,
         write_timeout_ms: int = 2000,
         cluster: bool = False,
+        key_prefix: str = "fs",
     ) -> None:
         super().__init__(features, allowed_lateness_s)
         self.url = url
+        self.key_prefix = key_prefix
         self.cluster = cluster
         self.kind = "redis_cluster" if cluster else "redis"
         self.timeout_s = timeout_ms / 1000.0
@@ -125,10 +125,13 @@ class RedisStore(TiledStore):
         }
         try:
             if self.cluster:
-                return RedisCluster.from_url(self.url, cluster_error_retry_attempts=0, **common)
+                return RedisCluster.from_url(self.url, **common)
             return Redis.from_url(self.url, **common)
         except (ValueError, redis_errors.RedisError) as exc:
             raise ConfigError(f"feature store redis_url is not usable: {type(exc).__name__}: {exc}") from None
+
+    def _k(self, key: str, part: str) -> str:
+        return f"{self.key_prefix}:{{{key}}}:{part}"
 
     # ------------------------------------------------------------------ error translation
 
@@ -156,7 +159,7 @@ class RedisStore(TiledStore):
             for i in range(0, len(calls), CHUNK):
                 pipe = client.pipeline(transaction=False)
                 for name, keys, args in calls[i : i + CHUNK]:
-                    pipe.evalsha(sha[name], len(keys), *keys, *args)
+                    pipe.execute_command("EVALSHA", sha[name], len(keys), *keys, *args)
                 out.extend(await pipe.execute(raise_on_error=False))
             if attempt == 0 and any(isinstance(r, redis_errors.NoScriptError) for r in out):
                 self._sha = {}
@@ -179,11 +182,11 @@ class RedisStore(TiledStore):
                 pipe = client.pipeline(transaction=False)
                 for k in keys[i : i + CHUNK]:
                     if writing:
-                        pipe.hmget(_k(k, "s"), "b", "v")
+                        pipe.hmget(self._k(k, "s"), "b", "v")
                         if ids.get(k):
-                            pipe.zmscore(_k(k, "l"), ids[k])
+                            pipe.zmscore(self._k(k, "l"), ids[k])
                     else:
-                        pipe.hget(_k(k, "s"), "b")
+                        pipe.hget(self._k(k, "s"), "b")
                 out.extend(await pipe.execute())
             return out
 
@@ -207,7 +210,7 @@ class RedisStore(TiledStore):
 
     async def _load_logs(self, spans: dict[str, list[tuple[int, int]]]) -> dict[str, list[LogEvent]]:
         keys = list(spans)
-        calls = [("log", [_k(k, "l"), _k(k, "e")], [str(x) for span in spans[k] for x in span]) for k in keys]
+        calls = [("log", [self._k(k, "l"), self._k(k, "e")], [str(x) for span in spans[k] for x in span]) for k in keys]
         replies = await self._guard("read_log", self.write_timeout_s, lambda: self._run_scripts(self.reader, calls))
         return {k: [decode_event(raw) for raw in r] for k, r in zip(keys, replies, strict=True)}
 
@@ -218,7 +221,7 @@ class RedisStore(TiledStore):
             args: list[Any] = [str(u.version), encode_state(u.state), ttl_ms, str(u.log_floor_us), str(len(u.events))]
             for ev in u.events:
                 args.extend((ev.id, str(ev.ts), encode_event(ev)))
-            calls.append(("commit", [_k(u.key, "s"), _k(u.key, "l"), _k(u.key, "e")], args))
+            calls.append(("commit", [self._k(u.key, "s"), self._k(u.key, "l"), self._k(u.key, "e")], args))
         replies = await self._guard("commit", self.write_timeout_s, lambda: self._run_scripts(self.writer, calls))
         return [u.key for u, ok in zip(updates, replies, strict=True) if not ok]
 
@@ -250,4 +253,5 @@ def from_settings(features: FeatureSet, settings: FeatureStoreSettings) -> Redis
         timeout_ms=settings.timeout_ms,
         write_timeout_ms=settings.write_timeout_ms,
         cluster=settings.type == "redis_cluster",
+        key_prefix=settings.redis_key_prefix,
     )

@@ -54,7 +54,7 @@ TEST_DEFS = {
 }
 
 
-def test_features() -> FeatureSet:
+def stream_features() -> FeatureSet:
     return parse_feature_set(TEST_DEFS, "<tests>")
 
 
@@ -97,15 +97,21 @@ def make_labels(rng: random.Random, orders: Sequence[Order], share: float = 0.3)
     return labels
 
 
-def arrival_order(rng: random.Random, events: Sequence[Order], lateness_s: float, dup_share: float = 0.2) -> list[Order]:
-    """Shuffle within the lateness (each event arrives less than ``lateness_s`` after its event time,
-    in event-time terms) and re-send some events (duplicates), also within the lateness."""
-    keyed = [(to_us(e) + rng.uniform(0, lateness_s * 0.95) * US, e) for e in events]
-    for e in events:
+def arrival_order(
+    rng: random.Random, orders: Sequence[Order], labels: Sequence[Label], lateness_s: float, dup_share: float = 0.2
+) -> list[Order | Label]:
+    """Orders and labels shuffled within the lateness (each arrives less than ``lateness_s`` after its
+    time, in event-time terms, so none is late), some of them sent twice (also within the lateness)."""
+    def t(e: Order | Label) -> int:
+        return to_us(e.event_time if isinstance(e, Order) else e.label_time)
+
+    items: list[Order | Label] = [*orders, *labels]
+    keyed = [(t(e) + int(rng.uniform(0, lateness_s * 0.9) * US), rng.random(), e) for e in items]
+    for e in items:
         if rng.random() < dup_share:
-            keyed.append((to_us(e) + rng.uniform(0, lateness_s * 0.95) * US, e))
-    keyed.sort(key=lambda x: x[0])
-    return [e for _, e in keyed]
+            keyed.append((t(e) + int(rng.uniform(0, lateness_s * 0.9) * US), rng.random(), e))
+    keyed.sort(key=lambda x: (x[0], x[1]))
+    return [e for _, _, e in keyed]
 
 
 def batches(rng: random.Random, items: Sequence[Order], max_size: int = 40) -> list[list[Order]]:
@@ -203,3 +209,18 @@ def msgspec_replace(o: Order, **changes: object) -> Order:
     import msgspec
 
     return msgspec.structs.replace(o, **changes)
+
+
+def split_runs(rng: random.Random, items: Sequence[Order | Label], max_batch: int = 40) -> list[list[Order] | list[Label]]:
+    """Random batches that keep the arrival order and hold one kind of event each."""
+    out: list[list[Order] | list[Label]] = []
+    cur: list[Order | Label] = []
+    limit = rng.randint(1, max_batch)
+    for x in items:
+        if cur and (type(x) is not type(cur[0]) or len(cur) >= limit):
+            out.append(cur)  # type: ignore[arg-type]
+            cur, limit = [], rng.randint(1, max_batch)
+        cur.append(x)
+    if cur:
+        out.append(cur)  # type: ignore[arg-type]
+    return out
