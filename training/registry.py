@@ -18,8 +18,40 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from scoring.artifacts import champion_version, sha256_file, verify
+from scoring.artifacts import champion_version, sha256_file, sign, verify
 from training.exceptions import RegistryError
+
+REFERENCE_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+
+
+def reference_distributions(
+    matrix: np.ndarray, feature_names: list[str], scores: np.ndarray | None = None, *, bins: int = 10
+) -> dict[str, Any]:
+    """Per-feature (and score) reference distributions for the drift monitors, stored in the manifest.
+
+    For each feature: the missing rate, quantiles, and ``bins`` equal-frequency bin edges with the share
+    of rows in each bin (what a PSI computation needs). Computed on the rows the model was trained on.
+    """
+    x = np.asarray(matrix, dtype=np.float64)
+
+    def describe(col: np.ndarray) -> dict[str, Any]:
+        present = col[~np.isnan(col)]
+        missing = 1.0 - present.size / max(1, col.size)
+        out: dict[str, Any] = {"count": int(col.shape[0]), "missing_rate": round(missing, 6)}
+        if present.size:
+            qs = np.quantile(present, REFERENCE_QUANTILES)
+            out["quantiles"] = {str(q): float(v) for q, v in zip(REFERENCE_QUANTILES, qs, strict=True)}
+            edges = np.unique(np.quantile(present, np.linspace(0, 1, bins + 1)))
+            counts = np.histogram(present, bins=edges)[0] if edges.size > 1 else np.array([present.size])
+            out["bin_edges"] = [float(e) for e in edges]
+            out["bin_shares"] = [round(float(c) / present.size, 6) for c in counts]
+            out["mean"] = float(present.mean())
+        return out
+
+    ref: dict[str, Any] = {"features": {n: describe(x[:, i]) for i, n in enumerate(feature_names)}}
+    if scores is not None:
+        ref["score"] = describe(np.asarray(scores, dtype=np.float64))
+    return ref
 
 
 def _audit(models_dir: Path, event: str, **fields: Any) -> None:
@@ -36,8 +68,14 @@ def register(
     metrics: dict[str, float],
     training_window: dict[str, str],
     extra: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
+    signing_key: bytes | None = None,
 ) -> str:
-    """Write a new model version (UBJSON + manifest with checksums); return its version."""
+    """Write a new model version (UBJSON + manifest with checksums); return its version.
+
+    ``reference`` (see :func:`reference_distributions`) is stored for drift monitoring; with a
+    ``signing_key`` the manifest carries an HMAC-SHA256 ``signature`` (see :mod:`scoring.artifacts`).
+    """
     models_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     raw = booster.save_raw("ubj")
@@ -54,8 +92,12 @@ def register(
         "training_window": training_window,
         "metrics": metrics,
         "library_versions": {"xgboost": xgb.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "model_sha256": sha256_file(vdir / "model.ubj"),
+        **({"reference": reference} if reference is not None else {}),
         **(extra or {}),
     }
+    if signing_key is not None:
+        manifest["signature"] = sign(manifest, signing_key)
     (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     _audit(models_dir, "register", version=version, metrics=metrics)
     return version

@@ -77,3 +77,22 @@ def test_top_reasons_are_the_largest_positive_contributions() -> None:
     assert reasons[0].text == "card placed 9 orders in the last hour"
     assert describe("account_age_days", 0.5) == "account is 0.5 days old"
     assert describe("amount", None) == "amount unknown"
+
+
+def test_registry_stores_reference_distributions_and_signs(tmp_path: Path) -> None:
+    import json
+
+    from training.registry import reference_distributions, register
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3)).astype(np.float32)
+    x[:40, 2] = np.nan
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2}, xgb.DMatrix(x, label=(x[:, 0] > 0)), 5)
+    ref = reference_distributions(x, ["a", "b", "c"], booster.predict(xgb.DMatrix(x)))
+    v = register(tmp_path, booster, ["a", "b", "c"], metrics={}, training_window={"from": "x", "to": "y"},
+                 reference=ref, signing_key=b"key")
+    manifest = json.loads((tmp_path / v / "manifest.json").read_text())
+    c = manifest["reference"]["features"]["c"]
+    assert c["missing_rate"] == 0.1 and abs(sum(c["bin_shares"]) - 1) < 1e-6 and "0.5" in c["quantiles"]
+    assert "score" in manifest["reference"]
+    assert verify(tmp_path / v, ["a", "b", "c"], signing_key=b"key").version == v
