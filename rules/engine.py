@@ -33,7 +33,7 @@ import numpy as np
 
 from contracts.events import DECISION_SEVERITY, RuleMatch
 from rules.celast import Ident, walk
-from rules.flatten import _MISSING, IN_LIST_FUNCTION, Binding, _has, bind, dict_get, struct_get
+from rules.flatten import _MISSING, IN_LIST_FUNCTION, Binding, _has, bind, dict_get, plain_column, struct_column
 from rules.ruleset import Rule, Ruleset
 from rules.vector import Col, Unsupported, VectorEvaluator, Vocab, from_float_array, from_values
 
@@ -194,21 +194,36 @@ class BatchColumns:
         self.by_var = {b.var: b for b in ruleset.bindings}
         self.cache: dict[str, Col] = {}
         self._order_values: dict[tuple[str, ...], list[Any]] = {}
+        self._parents: dict[tuple[str, ...], list[Any]] = {}
+        self._raw_values: dict[tuple[str, ...], list[Any]] = {}
 
-    def order_values(self, path: tuple[str, ...]) -> list[Any]:
-        vals = self._order_values.get(path)
+    def _raw(self, path: tuple[str, ...]) -> list[Any]:
+        vals = self._raw_values.get(path)
         if vals is None:
             orders = self.orders
             if orders and isinstance(orders[0], dict):
                 vals = [dict_get(o, path) for o in orders]
-            elif len(path) == 1 and path[0] not in ("event_time", "account_created_at", "items", "payment",
-                                                     "schema_version"):
-                name = path[0]
-                vals = [_MISSING if (v := getattr(o, name)) is None else v for o in orders]
             else:
-                vals = [struct_get(o, path) for o in orders]
-            self._order_values[path] = vals
+                vals, parents = struct_column(list(orders), path)
+                self._parents[path] = parents
+            self._raw_values[path] = vals
         return vals
+
+    def order_values(self, path: tuple[str, ...]) -> list[Any]:
+        vals = self._order_values.get(path)
+        if vals is None:
+            vals = self._order_values[path] = plain_column(self._raw(path))
+        return vals
+
+    def order_has(self, path: tuple[str, ...]) -> list[Any]:
+        """``has(order.<path>)`` per row: True/False, or ``_MISSING`` where has() itself errors."""
+        if self.orders and isinstance(self.orders[0], dict):
+            return [_has(dict_get, o, path) for o in self.orders]
+        vals = self._raw(path)
+        if len(path) == 1:
+            return [v is not _MISSING for v in vals]
+        parents = self._parents[path]
+        return [_MISSING if p is _MISSING else v is not _MISSING for v, p in zip(vals, parents, strict=True)]
 
     def column(self, var: str) -> Col:
         col = self.cache.get(var)
@@ -242,9 +257,7 @@ class BatchColumns:
                 present = np.fromiter((name in f for f in self.features), dtype=bool, count=n)
             col = Col("bool", present, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
         elif b.kind == "order_has":
-            get = dict_get if self.orders and isinstance(self.orders[0], dict) else struct_get
-            vals = [_has(get, o, b.path) for o in self.orders]
-            col = from_values(vals, self.vocab, _MISSING)
+            col = from_values(self.order_has(b.path), self.vocab, _MISSING)
         elif b.kind == "list_in":
             vals = self.order_values(b.path)
             values = self.ruleset.lists[b.list_name].values

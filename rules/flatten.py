@@ -179,6 +179,38 @@ def struct_get(obj: Any, path: tuple[str, ...]) -> Any:
     return _plain(obj)
 
 
+def struct_column(objs: list[Any], path: tuple[str, ...]) -> tuple[list[Any], list[Any]]:
+    """``struct_get`` over many structs at once: (values at ``path``, parents of the last step).
+
+    A parent is ``_MISSING`` where an earlier step was absent (so ``has()`` there is an error).
+    """
+    vals: list[Any] = objs
+    parents: list[Any] = objs
+    for name in path:
+        parents = vals
+        cls = next((type(v) for v in vals if isinstance(v, msgspec.Struct)), None)
+        if cls is None:
+            vals = [_MISSING] * len(vals)
+            continue
+        defaults = _DEFAULTS.get(cls)
+        if defaults is None:
+            defaults = _DEFAULTS[cls] = _struct_defaults(cls)
+        if name in defaults and defaults[name] is not None:
+            d = defaults[name]
+            vals = [_MISSING if v is _MISSING or (x := getattr(v, name, _MISSING)) is None or x == d else x
+                    for v in vals]
+        else:
+            vals = [_MISSING if v is _MISSING or (x := getattr(v, name, _MISSING)) is None else x for v in vals]
+    return vals, parents
+
+
+def plain_column(vals: list[Any]) -> list[Any]:
+    """Struct values as the JSON builtins conditions see (timestamps → RFC 3339 strings …)."""
+    if any(isinstance(v, (dt.datetime, msgspec.Struct, list, tuple)) for v in vals):
+        return [v if v is _MISSING else _plain(v) for v in vals]
+    return vals
+
+
 def dict_get(obj: Any, path: tuple[str, ...]) -> Any:
     for name in path:
         if not isinstance(obj, dict):

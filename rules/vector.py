@@ -54,22 +54,18 @@ class Vocab:
             self._rank = None
         return c
 
-    def encode(self, values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Codes for string values; second array marks the rows that held a string."""
+    def encode(self, values: list[Any]) -> np.ndarray:
+        """Codes of string values (rows that hold no string get code -1)."""
         codes = self.codes
         strings = self.strings
-        out = np.zeros(len(values), dtype=np.int64)
-        is_str = np.zeros(len(values), dtype=bool)
-        for i, v in enumerate(values):
-            if type(v) is str:
-                c = codes.get(v)
-                if c is None:
-                    c = codes[v] = len(strings)
-                    strings.append(v)
-                out[i] = c
-                is_str[i] = True
+        for v in set(values):
+            if type(v) is str and v not in codes:
+                codes[v] = len(strings)
+                strings.append(v)
         self._rank = None
-        return out, is_str
+        get = codes.get
+        return np.fromiter(map(lambda v: get(v, -1) if type(v) is str else -1, values), dtype=np.int64,
+                           count=len(values))
 
     def rank(self) -> np.ndarray:
         """Code → position in code-point order (CEL compares strings by code point, like Python)."""
@@ -121,18 +117,28 @@ def const(kind: str, value: Any, n: int, vocab: Vocab) -> Col:
 def from_values(values: list[Any], vocab: Vocab, missing: Any) -> Col:
     """A column from per-row Python values (``missing`` marks absent → error; None → null)."""
     n = len(values)
-    err = np.fromiter((v is missing for v in values), dtype=bool, count=n)
-    null = np.fromiter((v is None for v in values), dtype=bool, count=n)
-    kinds = {type(v) for v in values if v is not missing and v is not None}
+    kinds = set(map(type, values))
+    mtype = type(missing)
+    has_missing = mtype in kinds
+    has_none = type(None) in kinds
+    kinds.discard(mtype)
+    kinds.discard(type(None))
+    if has_missing or has_none:
+        obj = np.fromiter(values, dtype=object, count=n)
+        err = np.frompyfunc(lambda v: v is missing, 1, 1)(obj).astype(bool) if has_missing else np.zeros(n, bool)
+        null = np.equal(obj, None) if has_none else np.zeros(n, dtype=bool)
+    else:
+        err = np.zeros(n, dtype=bool)
+        null = np.zeros(n, dtype=bool)
     if not kinds:
         return Col("null", np.zeros(n, dtype=np.int8), err, null | ~err)
     if kinds == {str}:
-        codes, _ = vocab.encode(values)
-        return Col("string", codes, err, null)
-    if kinds <= {float, int} and float in kinds:
-        vals = np.fromiter((float(v) if type(v) in (float, int) else 0.0 for v in values), dtype=np.float64, count=n)
-        if int in kinds:
-            raise Unsupported("a column mixing ints and doubles")
+        return Col("string", np.maximum(vocab.encode(values), 0), err, null)
+    if kinds == {float}:
+        if has_missing or has_none:
+            vals = np.fromiter((v if type(v) is float else 0.0 for v in values), dtype=np.float64, count=n)
+        else:
+            vals = np.fromiter(values, dtype=np.float64, count=n)
         return Col("double", vals, err, null)
     if kinds == {int}:
         return Col("int", np.fromiter((v if type(v) is int else 0 for v in values), dtype=np.int64, count=n), err, null)
