@@ -122,16 +122,30 @@ def _cmd_models_promote(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_models_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from training.registry import rollback
+
+    version = rollback(settings.models_dir, reason=args.reason)
+    print(f"rolled back: {version} is the champion again")
+    return 0
+
+
 def _add_models(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("models", help="list and promote model versions in the registry",
                        description="The model registry in <data_dir>/models: versions, the champion, promotions.")
-    msub = p.add_subparsers(dest="models_cmd", required=True, metavar="{list,promote}")
+    msub = p.add_subparsers(dest="models_cmd", required=True, metavar="{list,promote,rollback}")
     lp = msub.add_parser("list", help="list versions; * marks the champion")
     lp.set_defaults(handler=_cmd_models_list)
     pp = msub.add_parser("promote", help="make a version the champion (verified first; audited)")
     pp.add_argument("version", help="model version, as shown by `fraudscore models list`")
     pp.add_argument("--reason", default="manual", help="why (recorded in the audit log)")
     pp.set_defaults(handler=_cmd_models_promote)
+    rp = msub.add_parser("rollback", help="make the previous champion the champion again (audited)",
+                         description="Roll back to the champion before the current one, per the audit log; "
+                         "versions whose artifact no longer verifies are skipped. Servers pick it up on their "
+                         "next reload.")
+    rp.add_argument("--reason", default="manual rollback", help="why (recorded in the audit log)")
+    rp.set_defaults(handler=_cmd_models_rollback)
 
 
 # ------------------------------------------------------------------------------------------- train

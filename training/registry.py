@@ -121,3 +121,33 @@ def list_versions(models_dir: Path) -> list[str]:
     if not models_dir.is_dir():
         return []
     return sorted(p.name for p in models_dir.iterdir() if (p / "manifest.json").is_file())
+
+
+def history(models_dir: Path) -> list[dict[str, Any]]:
+    """Every audited registry event, oldest first."""
+    path = models_dir / "audit.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rollback(models_dir: Path, *, reason: str = "manual rollback") -> str:
+    """Make the champion before the current one the champion again; returns that version.
+
+    Walks the audit log's promotions backwards and picks the latest earlier champion that still
+    verifies (a tampered or deleted artifact is skipped, never served).
+    """
+    current = champion_version(models_dir)
+    champions = [e["version"] for e in history(models_dir) if e.get("event") in ("promote", "rollback")]
+    candidates = [v for v in reversed(champions) if v != current]
+    for version in candidates:
+        try:
+            verify(models_dir / version)
+        except Exception:  # noqa: BLE001 - an unusable old version is skipped, the next one is tried
+            continue
+        tmp = models_dir / f".champion.{os.getpid()}"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, models_dir / "champion")
+        _audit(models_dir, "rollback", version=version, previous=current, reason=reason)
+        return version
+    raise RegistryError(f"no earlier champion to roll back to (current: {current or 'none'})")
