@@ -38,6 +38,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def free_port_below(limit: int) -> int:
+    """A free port below ``limit`` whose port + 10000 is free too (Redis Cluster nodes also listen
+    on port + 10000, the cluster bus, which must stay below 65536). Never the same port twice."""
+    import random
+
+    for _ in range(1000):
+        port = random.randrange(20000, limit)  # noqa: S311 - not security relevant
+        if port in _HANDED_OUT:
+            continue
+        try:
+            for p in (port, port + 10000):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port pair below {limit}")
+
+
 def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,7 +139,9 @@ class RedisCluster:
     def __init__(self, masters: int = 3) -> None:
         if shutil.which("redis-cli") is None:
             missing("redis-cli on PATH (to create a Redis Cluster)")
-        self.nodes = [RedisServer(extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+        # a cluster node also listens on port + 10000 (the cluster bus), which must stay below 65536
+        self.nodes = [RedisServer(port=free_port_below(55000),
+                                  extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
                                          "--cluster-config-file", "nodes.conf"]) for _ in range(masters)]
 
     @property

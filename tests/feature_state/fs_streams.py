@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from contracts.events import Label, Order, Payment
 from feature_state.definitions import FeatureSet, parse_feature_set
-from feature_state.layout import MAX_ID, SCALE, US, field_value, to_fixed, to_us
+from feature_state.layout import SCALE, US, field_value, to_fixed, to_us
 from feature_state.windows import Features, derive
 
 T0 = dt.datetime(2026, 3, 6, 22, 30, tzinfo=dt.UTC)  # a Friday night: crosses midnight and a weekend
@@ -153,7 +153,7 @@ def oracle(fs: FeatureSet, orders: Sequence[Order], labels: Sequence[Label], o: 
                     continue
                 avail = to_us(lb.label_time) + f.delay_s * US
                 first[lb.order_id] = min(first.get(lb.order_id, avail), avail)
-            frauds = float(sum(1 for a in first.values() if a // r >= lo_tile and (a, MAX_ID) <= okey))
+            frauds = float(sum(1 for a in first.values() if a // r >= lo_tile and a <= t))
             values[f.name] = frauds if f.aggregation == "count" else frauds / float(len(mine))
             continue
         if f.aggregation == "count":
