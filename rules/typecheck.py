@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ from rules.schema import (
 )
 
 MAX_REGEX_CHARS = 256
+MAX_REPEAT = 1000
+_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 LISTREF = CelType("listref")
 FEATURES = CelType("features")
 LISTS = CelType("lists")
@@ -136,6 +139,9 @@ def regex_problem(pattern: str) -> str | None:
     """Why the rules' regex engine would refuse ``pattern`` (None when it is fine)."""
     if len(pattern) > MAX_REGEX_CHARS:
         return f"pattern is {len(pattern)} characters; the limit is {MAX_REGEX_CHARS}"
+    for m in _REPEAT.finditer(pattern):
+        if any(int(g) > MAX_REPEAT for g in m.groups() if g):
+            return f"repetition {m.group(0)} is over RE2's limit of {MAX_REPEAT}"
     try:
         cel.compile("x.matches(p)").execute({"x": "", "p": pattern})
     except Exception as exc:  # the engine explains: backreferences, look-around, size limit …
@@ -567,7 +573,7 @@ class _Checker:
         lo, lo_c, hi, hi_c = iv
         if _empty(max(lo, t.lo), lo_c if lo >= t.lo else True, min(hi, t.hi), hi_c if hi <= t.hi else True):
             self.warn(node, f"never true: {path} is always within [{t.lo:g}, {t.hi:g}]", "always-constant")
-        elif lo <= t.lo and (lo < t.lo or lo_c) and hi >= t.hi and (hi > t.hi or hi_c):
+        elif lo <= t.lo and (lo < t.lo or lo_c or lo == -math.inf) and hi >= t.hi and (hi > t.hi or hi_c or hi == math.inf):
             self.warn(node, f"always true (when {path} has a value): it is always within [{t.lo:g}, {t.hi:g}]",
                       "always-constant")
 
