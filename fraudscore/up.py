@@ -97,7 +97,7 @@ async def _reload_loop(parts: Parts, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         parts.rules.refresh()
-        parts.models.refresh()
+        await asyncio.to_thread(parts.models.refresh)  # loading a model (TreeSHAP table) takes ~1 s: off the loop
 
 
 async def run_platform(
@@ -141,16 +141,19 @@ async def run_platform(
         summary = Summary()
         producer = AIOKafkaProducer(**client_kwargs(settings.kafka), linger_ms=5)
         await producer.start()
-        publisher = DecisionPublisher(producer, settings.kafka.topics.decisions).start()
+        publisher = DecisionPublisher(producer, settings.kafka.topics.decisions,
+                                      maxsize=settings.scoring.publish_buffer).start()
         servicer = FraudScoringServicer(
             parts.pipeline,
             max_concurrency=settings.scoring.max_concurrency,
             default_deadline_s=settings.scoring.default_deadline_ms / 1000.0,
+            min_deadline_s=settings.scoring.min_deadline_ms / 1000.0,
             sink=publisher.offer,
         )
         grpc_server, health_servicer, port = await start_server(
             servicer, settings.scoring.grpc_host, settings.scoring.grpc_port,
-            max_message_bytes=settings.scoring.max_message_bytes,
+            max_message_bytes=settings.scoring.max_message_bytes, tls=settings.scoring.tls,
+            tokens=[t.get_secret_value() for t in settings.scoring.auth_tokens], reflection=settings.scoring.reflection,
         )
         tasks.append(asyncio.create_task(worker.run(), name="orders-worker"))
         tasks.append(asyncio.create_task(_reload_loop(parts, settings.rules.reload_interval_s), name="reload"))
@@ -175,7 +178,7 @@ async def run_platform(
             if demo and not stop.is_set():
                 print(summary_line(worker, summary, parts), file=out, flush=True)
         print("stopping…", file=out, flush=True)
-        await stop_server(grpc_server, health_servicer, grace_s=5.0)
+        await stop_server(grpc_server, health_servicer, grace_s=settings.scoring.shutdown_grace_s, servicer=servicer)
         grpc_server = None
         return 0
     finally:
