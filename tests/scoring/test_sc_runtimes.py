@@ -197,3 +197,24 @@ async def test_sagemaker_endpoint_down_degrades_within_deadline(registry: tuple[
     d = (await p.decide(sample_orders[:1], source="grpc", budget_s=0.5))[0]
     assert d.degraded and "model_error" in d.degraded_reasons and d.score is None
     assert time.monotonic() - t0 < 5  # bounded by the deadline, not a hang (generous: not a latency assert)
+
+
+def test_container_entrypoint_serves_ping(registry: tuple[Path, str], tmp_path: Path) -> None:
+    """infra/sagemaker/entrypoint.sh `serve` (what SageMaker runs) starts the HTTP contract."""
+    models, version = registry
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SM_MODEL_DIR": str(models / version), "SAGEMAKER_BIND_TO_PORT": str(port),
+           "FRAUDSCORE_DATA_DIR": str(tmp_path), "FRAUDSCORE__SCORING__RUNTIME": "native"}
+    log = (tmp_path / "entry.log").open("wb")
+    proc = subprocess.Popen([str(root / "infra/sagemaker/entrypoint.sh"), "serve"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, timeout=60, proc=proc)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=10).status == 200  # noqa: S310
+    finally:
+        proc.terminate()
+        code = proc.wait(20)
+        log.close()
+    assert code == 0, (tmp_path / "entry.log").read_text()[-2000:]
