@@ -238,7 +238,7 @@ def test_labels_until_end_stop_at_the_span(tmp_path: Path) -> None:
 def test_max_orders_is_exact(tmp_path: Path) -> None:
     run = Run(SimulationConfig(seed=1, start=START, days=None, max_orders=2500, orders_per_day=1000), tmp_path)
     assert len(run.orders) == run.summary.orders == 2500
-    assert run.summary.days_generated == 3
+    assert run.summary.days_generated == 3  # and no day beyond the one that completed the count
 
 
 # -- scenarios ------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     traffic.add_argument("--orders-per-day", type=int, default=10_000, metavar="N",
                          help="mean orders per simulated day before the weekly factor (default 10000)")  # fmt: skip
     traffic.add_argument("--customers", type=int, default=None, metavar="N",
-                         help="customers in the world (default 10 x orders-per-day)")  # fmt: skip
+                         help="customers in the world (default 10 x orders-per-day, at most 1,000,000)")  # fmt: skip
     traffic.add_argument("--merchants", type=int, default=None, metavar="N",
                          help="merchants in the world (default customers / 100)")  # fmt: skip
     traffic.add_argument("--fraud-rate", type=float, default=0.01, metavar="F",

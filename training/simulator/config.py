@@ -47,6 +47,9 @@ REVIEW_DETECTS_FRAUD = 0.9
 #: Probability that a review of a legit order says ``fraud`` (a false positive).
 REVIEW_FALSE_POSITIVE = 0.005
 
+#: Cap on the default number of customers (the world costs about 0.5 s and 60 MB per 100,000).
+MAX_DEFAULT_CUSTOMERS = 1_000_000
+
 #: Largest accepted reorder window; it must stay below the smallest label delay.
 MAX_REORDER_WINDOW_S = 3600.0
 
@@ -108,7 +111,7 @@ class SimulationConfig:
     orders_per_day: int = 10_000
     """Mean orders per day (before the weekly factor)."""
     customers: int | None = None
-    """Number of customers; ``None`` = ``max(1000, 10 × orders_per_day)``."""
+    """Number of customers; ``None`` = ``10 × orders_per_day`` within [1,000, 1,000,000]."""
     merchants: int | None = None
     """Number of merchants; ``None`` = ``max(50, customers // 100)``."""
     fraud_rate: float = 0.01
@@ -160,7 +163,9 @@ class SimulationConfig:
     @property
     def n_customers(self) -> int:
         """Customers in the world (resolved default)."""
-        return self.customers if self.customers is not None else max(1000, 10 * self.orders_per_day)
+        if self.customers is not None:
+            return self.customers
+        return min(MAX_DEFAULT_CUSTOMERS, max(1000, 10 * self.orders_per_day))
 
     @property
     def n_merchants(self) -> int:

@@ -39,8 +39,9 @@ _order_decoder = msgspec.json.Decoder(Order)
 class Simulation:
     """An iterable simulation. Iterate once; :attr:`summary` is complete when iteration ends.
 
-    ``workers``: processes encoding days in parallel; ``None`` = 1 for small runs, else up to the
-    number of CPUs (at most 4); 1 = everything in this process. The output is identical either way.
+    ``workers``: processes encoding days in parallel; ``None`` = 1, except for runs of at least
+    :data:`PARALLEL_THRESHOLD` orders on machines with more than 2 CPUs (then CPUs − 1, at most 4);
+    1 = everything in this process. The output is identical either way.
     """
 
     def __init__(self, config: SimulationConfig, workers: int | None = None) -> None:
@@ -80,9 +81,10 @@ def resolve_workers(config: SimulationConfig, workers: int | None) -> int:
     expected = math.inf if config.days is None else config.days * config.orders_per_day
     if config.max_orders is not None:
         expected = min(expected, config.max_orders)
-    if expected == math.inf or expected < PARALLEL_THRESHOLD:
-        return 1
-    return max(1, min(4, os.cpu_count() or 1))
+    cpus = os.cpu_count() or 1
+    if expected == math.inf or expected < PARALLEL_THRESHOLD or cpus <= 2:
+        return 1  # the merging process needs a core of its own
+    return min(4, cpus - 1)
 
 
 def _days(config: SimulationConfig) -> Iterable[int]:
@@ -182,9 +184,6 @@ class _Merge:
         heap = self.heap
         max_orders = cfg.max_orders
         for i, (t, key, value) in enumerate(zip(out.times, out.keys, out.values, strict=True)):
-            if max_orders is not None and self.n_orders >= max_orders:
-                self.done = True
-                break
             if t > self.clock:
                 self.clock = t
                 if heap and heap[0][0] <= t:
@@ -228,6 +227,9 @@ class _Merge:
                         yield from self._duplicate(again)
             if summary.first_event_time is None:
                 summary.first_event_time = to_datetime(t)
+            if max_orders is not None and self.n_orders >= max_orders:
+                self.done = True
+                break
         for pos in sorted(pending):
             for again in pending[pos]:
                 yield from self._duplicate(again)
