@@ -536,3 +536,60 @@ def load_ruleset(path: str | Path, features: FeatureSet | None = None) -> Rulese
     if report.errors or report.ruleset is None:
         raise RulesetInvalid([str(p) for p in report.errors] or [f"{path}: no ruleset"])
     return report.ruleset
+
+
+def build_ruleset(
+    rules: list[dict[str, Any]],
+    *,
+    lists: dict[str, list[str]] | None = None,
+    thresholds: dict[str, float] | None = None,
+    name: str = "adhoc",
+    features: FeatureSet | None = None,
+    check_types: bool = True,
+) -> Ruleset:
+    """A ruleset from Python data (benchmarks, property tests, tools) — same compilation as files.
+
+    ``rules`` are dicts with the rule-file keys (``name``, ``when``, ``action``, ``priority``,
+    ``mode``). With ``check_types=False`` conditions are only parsed and compiled (the property
+    tests feed ill-typed conditions on purpose, to compare how each engine fails).
+    """
+    fs = features or load_feature_set(None)
+    named = {n: NamedList(n, frozenset(v), "inline", hashlib.sha256("\n".join(sorted(v)).encode()).hexdigest())
+             for n, v in (lists or {}).items()}
+    env = Environment.build(fs, {n: len(v) for n, v in named.items()})
+    table = BindingTable()
+    out: list[Rule] = []
+    problems: list[str] = []
+    for raw in rules:
+        when = str(raw["when"])
+        try:
+            tree = parse(when)
+        except CelSyntaxError as exc:
+            problems.append(f"rule {raw['name']}: {exc.message}")
+            continue
+        if check_types:
+            errs = check(tree, env).errors
+            if errs:
+                problems.extend(f"rule {raw['name']}: {e.message}" for e in errs)
+                continue
+        flat_tree = flatten(tree, table)
+        flat = unparse(flat_tree)
+        try:
+            program = cel.compile(flat)
+        except Exception as exc:  # the CEL parser's own error types
+            problems.append(f"rule {raw['name']}: the CEL runtime refused the condition: {exc}")
+            continue
+        out.append(Rule(
+            name=str(raw["name"]), when=when, action=str(raw.get("action", "review")),
+            priority=int(raw.get("priority", 0)), mode=str(raw.get("mode", "active")), program=program,
+            tree=tree, flat=flat, flat_tree=flat_tree,
+        ))
+    if problems:
+        raise RulesetInvalid(problems)
+    out.sort(key=lambda r: (-r.priority, r.name))
+    th = tuple(sorted(((v, a) for a, v in (thresholds or {}).items()),
+                      key=lambda va: (-va[0], -DECISION_SEVERITY[va[1]])))
+    digest = hashlib.sha256(repr([(r.name, r.when, r.action, r.mode) for r in out]).encode()).hexdigest()
+    return Ruleset(name=name, version=f"0-{digest[:12]}", thresholds=th, rules=tuple(out), lists=named,
+                   bindings=tuple(table.bindings), content_hash=digest, source="<memory>",
+                   uses_in_list_function=any(IN_LIST_FUNCTION in r.flat for r in out), features=fs)

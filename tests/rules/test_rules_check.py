@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -209,9 +208,7 @@ def test_a_one_megabyte_expression_is_refused_before_it_reaches_cel(write_rules,
     huge = "order.amount > 1.0 && " + " && ".join(["order.amount > 1.0"] * 60000)
     assert len(huge) > 1_000_000
     d = write_rules(rules=HEADER + f"  - name: huge\n    when: \"{huge}\"\n    action: block\n")
-    t0 = time.perf_counter()
     errs = load_report(d, feature_set).errors
-    assert time.perf_counter() - t0 >= 0  # (no timing assertion; the point is that it returns at all)
     assert any("characters long; the limit is 4096" in e.message for e in errs), [str(e)[:200] for e in errs]
 
 
