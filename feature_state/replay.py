@@ -15,9 +15,12 @@ whole history). A fraud label counts once per (entity, order id), at its earlies
 
 from __future__ import annotations
 
+import datetime as dt
+import gc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -26,7 +29,7 @@ import pyarrow.compute as pc
 
 from contracts.events import Label, Order
 from feature_state.definitions import AggregateFeature, FeatureSet
-from feature_state.layout import SCALE, US, field_value, to_fixed, to_us
+from feature_state.layout import SCALE, US, field_value, to_us
 from feature_state.windows import Features
 
 _BIG = np.int64(1) << np.int64(32)
@@ -59,14 +62,45 @@ class ReplayResult:
         return [{n: (None if math.isnan(v[i]) else v[i]) for n, v in cols} for i in range(len(self))]
 
 
-def _codes(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Dense int codes of values (None → -1) and a validity mask, via Arrow's hash table."""
-    arr = pa.array([None if v is None or v == "" else str(v) for v in values], type=pa.string())
+def column(orders: Sequence[Any], path: str) -> list[Any]:
+    """Values at a dotted path for every order (None when a parent is missing), without per-item calls."""
+    parts = path.split(".")
+    if len(parts) == 1:
+        return list(map(attrgetter(parts[0]), orders))
+    head, rest = parts[0], ".".join(parts[1:])
+    parents = list(map(attrgetter(head), orders))
+    get = attrgetter(rest)
+    return [None if p is None else get(p) for p in parents]
+
+
+def _strings(values: Sequence[Any]) -> pa.Array:
+    """Values as an Arrow string array, empty strings as nulls."""
+    try:
+        arr = pa.array(values, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        arr = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+
+
+def _encode(arr: pa.Array) -> np.ndarray:
+    """Dense int codes (null → -1), via Arrow's hash table."""
     enc = pc.dictionary_encode(arr)
-    idx = enc.indices.to_numpy(zero_copy_only=False)
+    idx = pc.fill_null(enc.indices, -1)
+    return np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _codes(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Dense int codes of values (None and "" → -1) and a validity mask."""
+    codes = _encode(_strings(values))
+    return codes, codes >= 0
+
+
+def _times_us(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Aware datetimes as exact µs since the epoch (Arrow converts to UTC), and a validity mask."""
+    arr = pa.array(values, type=pa.timestamp("us", tz="UTC"))
     valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
-    codes = np.where(valid, np.nan_to_num(idx, nan=-1), -1).astype(np.int64)
-    return codes, valid
+    us = np.asarray(pc.fill_null(arr.cast(pa.int64()), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    return us, valid
 
 
 def _id_rank(ids: Sequence[str]) -> np.ndarray:
@@ -160,6 +194,26 @@ def replay(
     when that order is in ``orders``; off by default because the online store cannot (labels must
     carry their entity there), and a training set should hold what the model sees online.
     """
+    # The work allocates many short-lived lists over a large heap of events; the cyclic GC would
+    # rescan that heap again and again (3× slower). Nothing here creates reference cycles.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _replay(features, orders, labels, fill_label_entities)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _replay(
+    features: FeatureSet, orders: Sequence[Order], labels: Sequence[Label], fill_label_entities: bool
+) -> ReplayResult:
+    """Each order's features as of its own event time (point in time), like the online stores.
+
+    ``fill_label_entities`` fills a fraud label's missing entity (e.g. ``merchant_id``) from its order
+    when that order is in ``orders``; off by default because the online store cannot (labels must
+    carry their entity there), and a training set should hold what the model sees online.
+    """
     n_in = len(orders)
     ids_all = [o.order_id for o in orders]
     id_codes, _ = _codes(ids_all)
@@ -168,22 +222,25 @@ def replay(
     uniq = [orders[i] for i in keep.tolist()]
     n = len(uniq)
     ids = [o.order_id for o in uniq]
-    ts = np.fromiter((to_us(o) for o in uniq), dtype=np.int64, count=n)
+    ts, _ = _times_us([o.event_time for o in uniq])
     rank = _id_rank(ids)
     rows = np.arange(n, dtype=np.int64)
     cols: dict[str, np.ndarray] = {}
     groups: dict[str, _Group] = {}
-    entity_codes: dict[str, tuple[list[Any], np.ndarray]] = {}
+    entity_codes: dict[str, tuple[pa.Array, np.ndarray]] = {}
+
+    columns_cache: dict[str, list[Any]] = {}
 
     def values_of(path: str) -> list[Any]:
-        return [field_value(o, path) for o in uniq]
+        if path not in columns_cache:
+            columns_cache[path] = column(uniq, path)
+        return columns_cache[path]
 
     def group_for(entity: str) -> _Group:
         if entity not in groups:
-            path = features.entities[entity]
-            vals = values_of(path)
-            codes, _ = _codes(vals)
-            entity_codes[entity] = (vals, codes)
+            arr = _strings(values_of(features.entities[entity]))
+            codes = _encode(arr)
+            entity_codes[entity] = (arr, codes)
             groups[entity] = _Group(rows, codes, ts, rank)
         return groups[entity]
 
@@ -191,9 +248,14 @@ def replay(
 
     def numeric(path: str) -> tuple[np.ndarray, np.ndarray]:
         if path not in numeric_cache:
-            fx = [to_fixed(v) for v in values_of(path)]
-            valid = np.fromiter((v is not None for v in fx), dtype=bool, count=n)
-            arr = np.fromiter((0 if v is None else v for v in fx), dtype=np.int64, count=n)
+            raw = values_of(path)
+            try:
+                flt = np.array(raw, dtype=np.float64)  # None → nan
+            except (TypeError, ValueError):
+                flt = np.array([np.nan if v is None or isinstance(v, bool) else float(v) for v in raw])
+            valid = ~np.isnan(flt)
+            # round half to even of value × SCALE, exactly like feature_state.layout.to_fixed
+            arr = np.rint(np.where(valid, flt, 0.0) * float(SCALE)).astype(np.int64)
             numeric_cache[path] = (arr, valid)
         return numeric_cache[path]
 
@@ -223,7 +285,8 @@ def replay(
             out[g.rows] = _order_aggregate(f, g, lo, hi, numeric, distinct_codes)
         cols[f.name] = out
     for d in features.derived:
-        cols[d.name] = _derived(d, features, uniq, ts, cols, group_for, numeric)
+        cols[d.name] = _derived(d, uniq, ts, cols, group_for, values_of)
+    cols.pop("__local", None)
     return ReplayResult(ids, features.names, cols, keep)
 
 
@@ -281,17 +344,16 @@ def _label_events(
     return out
 
 
-def _label_counts(f: AggregateFeature, g: _Group, events: dict[str, dict[str, int]], values: list[Any]) -> np.ndarray:
+def _label_counts(f: AggregateFeature, g: _Group, events: dict[str, dict[str, int]], values: pa.Array) -> np.ndarray:
     """Fraud labels known at each order (``label_time + delay <= t``) inside its window."""
     per = events.get(f.entity_path, {})
     n_orders = len(g.rows)
     if not per:
         return np.zeros(n_orders)
-    lab_vals = [k.split("\x00", 1)[0] for k in per]
+    lab_vals = pa.array([k.split("\x00", 1)[0] for k in per], type=pa.string())
     lab_ts = np.fromiter(per.values(), dtype=np.int64, count=len(per)) + f.delay_s * US
-    # code label entity values in the same code space as the orders' entity values
-    order_vals = [str(values[r]) for r in g.rows.tolist()]
-    codes, _ = _codes(order_vals + lab_vals)
+    # label entity values coded in the same dictionary as the orders' values
+    codes = _encode(pa.concat_arrays([values.take(pa.array(g.rows)), lab_vals]))
     o_code, l_code = codes[:n_orders], codes[n_orders:]
     # merge: labels (kind 0) before orders (kind 1) at equal time, so a label known at t counts at t
     code = np.concatenate((o_code, l_code))
@@ -310,14 +372,17 @@ def _label_counts(f: AggregateFeature, g: _Group, events: dict[str, dict[str, in
 
 
 def _derived(
-    d: Any, features: FeatureSet, orders: Sequence[Order], ts: np.ndarray, cols: dict[str, np.ndarray],
-    group_for: Any, numeric: Any,
+    d: Any, orders: Sequence[Order], ts: np.ndarray, cols: dict[str, np.ndarray], group_for: Any, values_of: Any
 ) -> np.ndarray:
     n = len(orders)
     p = d.params
     if d.kind == "field":
-        return np.array([float(v) if isinstance(v := field_value(o, p["field"]), (int, float))
-                         and not isinstance(v, bool) else np.nan for o in orders], dtype=np.float64)
+        raw = values_of(p["field"])
+        try:
+            return np.array(raw, dtype=np.float64)
+        except (TypeError, ValueError):
+            return np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
+                             for v in raw], dtype=np.float64)
     if d.kind == "ratio":
         num, den = cols[p["numerator"]], cols[p["denominator"]]
         out = np.full(n, np.nan)
@@ -326,17 +391,18 @@ def _derived(
         out[~np.isfinite(out)] = np.nan
         return out
     if d.kind == "account_age_days":
-        created = [o.account_created_at for o in orders]
-        has = np.fromiter((c is not None for c in created), dtype=bool, count=n)
-        cus = np.fromiter((0 if c is None else to_us(c) for c in created), dtype=np.int64, count=n)
+        cus, has = _times_us(values_of("account_created_at"))
         out = np.full(n, np.nan)
         out[has] = (ts[has] - cus[has]).astype(np.float64) / 1e6 / 86400.0
         return out
     if d.kind in ("hour_of_day", "day_of_week", "is_night", "is_weekend"):
-        hours = np.fromiter((o.event_time.hour for o in orders), dtype=np.int64, count=n)
-        wday = np.fromiter((o.event_time.weekday() for o in orders), dtype=np.int64, count=n)
+        if "__local" not in cols:
+            cols["__local"] = ts + _offsets_us(orders)  # wall-clock time in each order's own offset
+        local = cols["__local"]
+        hours = (local // (3600 * US)) % 24
         if d.kind == "hour_of_day":
             return hours.astype(np.float64)
+        wday = (local // (86400 * US) + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
         if d.kind == "day_of_week":
             return wday.astype(np.float64)
         if d.kind == "is_weekend":
@@ -345,9 +411,9 @@ def _derived(
         night = (hours >= start) & (hours < end) if start <= end else (hours >= start) | (hours < end)
         return night.astype(np.float64)
     if d.kind == "mismatch":
-        a, b = p["fields"]
-        return np.array([np.nan if (x := field_value(o, a)) is None or (y := field_value(o, b)) is None
-                         else float(x != y) for o in orders], dtype=np.float64)
+        a, b = (_any_strings(values_of(f)) for f in p["fields"])
+        neq = pc.not_equal(a, b)  # null when either side is missing
+        return np.asarray(pc.cast(neq, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
     if d.kind == "seconds_since_previous":
         g = group_for(p["entity"])
         out = np.full(n, np.nan)
@@ -360,3 +426,34 @@ def _derived(
             out[g.rows] = vals
         return out
     raise ValueError(f"unknown derived kind {d.kind}")  # pragma: no cover - validated at load
+
+
+def _any_strings(values: Sequence[Any]) -> pa.Array:
+    """Values as strings keeping "" (mismatch compares raw values; only None is missing)."""
+    try:
+        return pa.array(values, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
+def _offsets_us(orders: Sequence[Order]) -> np.ndarray:
+    """UTC offset of each order's event time in µs; each distinct fixed-offset tzinfo is asked once."""
+    tzs = list(map(attrgetter("event_time.tzinfo"), orders))
+    keys = np.fromiter(map(id, tzs), dtype=np.int64, count=len(tzs))
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    per = np.empty(len(uniq), dtype=np.int64)
+    varying: list[int] = []
+    for j, i in enumerate(first.tolist()):
+        tz = tzs[i]
+        if isinstance(tz, dt.timezone):
+            delta = tz.utcoffset(None)
+            per[j] = (delta.days * 86400 + delta.seconds) * US + delta.microseconds
+        else:  # a zone with daylight saving: ask per order
+            per[j] = 0
+            varying.append(j)
+    out = per[inverse]
+    if varying:
+        for i in np.nonzero(np.isin(inverse, varying))[0].tolist():
+            delta = orders[i].event_time.utcoffset()
+            out[i] = 0 if delta is None else (delta.days * 86400 + delta.seconds) * US + delta.microseconds
+    return out
