@@ -67,7 +67,7 @@ function fmt(x){return x===null||x===undefined?'–':(typeof x==='number'&&!Numb
 
 // 3. per rule: matches split into fraud caught and false positives
 (function(){
-  const rules=doc.ruleset.rules, W=760, row=22, L=230, H=Math.max(60,rules.length*row+30); const s=svg('chart-rules',W,H);
+  const rules=doc.ruleset.rules, W=820, row=22, L=290, H=Math.max(60,rules.length*row+30); const s=svg('chart-rules',W,H);
   const max=Math.max(1,...rules.map(r=>r.matches));
   rules.forEach((r,i)=>{const y=10+i*row, wf=(W-L-120)*r.fraud_caught/max, wp=(W-L-120)*r.false_positives/max;
     el('text',{x:4,y:y+13},s,`${r.name}${r.mode==='active'?'':' ('+r.mode+')'}`);
