@@ -151,15 +151,33 @@ def evaluate(
     model: str | None = None,
 ) -> RuleOutcome:
     """Decide one order. ``order`` is the event as JSON builtins (a dict) or a :class:`contracts.events.Order`."""
-    variables = bind(list(ruleset.bindings), order, features, score, model, ruleset.list_sets)
-    ctx = _context(ruleset, variables)
+    ctx = _context(ruleset, ruleset.binder(order, features, score, model))
     matched: list[RuleMatch] = []
-    for rule in ruleset.rules:
-        m = _run(rule, ctx, ruleset)
-        if m is not None:
-            matched.append(m)
+    results = None
+    if ruleset.combined is not None:
+        try:
+            results = ruleset.combined.execute(ctx)  # all conditions at once; any error → one by one
+        except Exception:  # noqa: S110 - a rule failed: evaluate them one by one to know which
+            results = None
+        except BaseException as exc:
+            if type(exc).__name__ != "PanicException":
+                raise
+    if results is not None:
+        for rule, hit in zip(ruleset.rules, results, strict=True):
+            if hit is False:
+                continue
+            if hit is True:
+                matched.append(RuleMatch(name=rule.name, action=rule.action, mode=rule.mode))  # type: ignore[arg-type]
+            else:
+                matched.append(RuleMatch(name=rule.name, action=rule.action, mode=rule.mode,  # type: ignore[arg-type]
+                                         error=f"the condition gave {type(hit).__name__}, not a boolean"))
+    else:
+        for rule in ruleset.rules:
+            m = _run(rule, ctx, ruleset)
+            if m is not None:
+                matched.append(m)
     outcome = _decide(ruleset, matched, score)
-    monitor: Observer | None = getattr(ruleset, "monitor", None)
+    monitor: Observer | None = ruleset.monitor
     if monitor is not None:
         monitor.observe(ruleset, matched)
     return outcome

@@ -269,3 +269,95 @@ def bind(
         if v is not _MISSING:
             out[b.var] = v
     return out
+
+
+# ------------------------------------------------------------------------------- compiled binders
+
+Getter = Callable[[Any, Mapping[str, Any], Any, Any], Any]
+_STRUCT_CONVERT = ("event_time", "account_created_at", "items", "payment", "schema_version")
+
+
+def _struct_getter(path: tuple[str, ...]) -> Callable[[Any], Any]:
+    """A fast ``struct_get`` for one path (falls back to the generic walk where defaults matter)."""
+    if len(path) == 1 and path[0] not in _STRUCT_CONVERT:
+        name = path[0]
+
+        def one(o: Any) -> Any:
+            v = getattr(o, name, None)
+            return _MISSING if v is None else v
+
+        return one
+    if len(path) == 2 and path[0] == "payment":
+        name = path[1]
+
+        def two(o: Any) -> Any:
+            p = o.payment
+            if p is None:
+                return _MISSING
+            v = getattr(p, name, None)
+            return _MISSING if v is None else v
+
+        return two
+    return lambda o: struct_get(o, path)
+
+
+def _getter(b: Binding, lists: Mapping[str, frozenset[str]], struct: bool) -> Getter:
+    k = b.kind
+    if k == "order":
+        if struct:
+            sg = _struct_getter(b.path)
+            return lambda o, f, s, m: sg(o)
+        path = b.path
+        return lambda o, f, s, m: dict_get(o, path)
+    if k == "feature":
+        name = b.path[0]
+
+        def feature(o: Any, f: Mapping[str, Any], s: Any, m: Any) -> Any:
+            v = f.get(name, _MISSING)
+            return float(v) if type(v) is int else v
+
+        return feature
+    if k == "list_in":
+        values = lists[b.list_name]
+        inner = _getter(Binding(b.var, "order", b.path), lists, struct)
+
+        def list_in(o: Any, f: Mapping[str, Any], s: Any, m: Any) -> Any:
+            v = inner(o, f, s, m)
+            return v if v is _MISSING else (type(v) is str and v in values)
+
+        return list_in
+    if k == "order_has":
+        path = b.path
+        if struct:
+            if len(path) == 1:
+                sg = _struct_getter(path)
+                return lambda o, f, s, m: sg(o) is not _MISSING
+            return lambda o, f, s, m: _has(struct_get, o, path)
+        return lambda o, f, s, m: _has(dict_get, o, path)
+    if k == "feature_has":
+        name = b.path[0]
+        return lambda o, f, s, m: name in f
+    if k == "score":
+        return lambda o, f, s, m: s
+    if k == "model":
+        return lambda o, f, s, m: m
+    if k == "order_root":
+        return lambda o, f, s, m: o if isinstance(o, dict) else msgspec.to_builtins(o)
+    return lambda o, f, s, m: {n: (float(x) if type(x) is int else x) for n, x in f.items()}
+
+
+class Binder:
+    """``bind`` compiled for one ruleset: one specialised getter per flat variable."""
+
+    def __init__(self, bindings: list[Binding], lists: Mapping[str, frozenset[str]]) -> None:
+        self.struct = [(b.var, _getter(b, lists, True)) for b in bindings]
+        self.dict = [(b.var, _getter(b, lists, False)) for b in bindings]
+
+    def __call__(self, order: Any, features: Mapping[str, Any], score: Any, model: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        missing = _MISSING
+        for var, g in (self.dict if type(order) is dict else self.struct):
+            v = g(order, features, score, model)
+            if v is not missing:
+                out[var] = v
+        return out

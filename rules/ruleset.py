@@ -49,7 +49,7 @@ from feature_state.definitions import FeatureSet, load_feature_set
 from rules import yamlsrc
 from rules.celast import Node, parse, unparse
 from rules.exceptions import CelSyntaxError, ListError, RulesetInvalid
-from rules.flatten import IN_LIST_FUNCTION, Binding, BindingTable, flatten
+from rules.flatten import IN_LIST_FUNCTION, Binder, Binding, BindingTable, flatten
 from rules.lists import NamedList, build_list
 from rules.schema import Environment
 from rules.typecheck import check, conjuncts
@@ -129,6 +129,16 @@ class Ruleset:
     features: FeatureSet | None = None
     #: set by the serving holder: sees every outcome (kill-switch, metrics); None in backtests and tests
     monitor: Any = field(default=None, compare=False, repr=False)
+    #: compiled per-order machinery (see rules.engine); derived from the fields above
+    binder: Any = field(default=None, compare=False, repr=False)
+    combined: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.binder is None:
+            object.__setattr__(self, "binder", Binder(list(self.bindings), self.list_sets))
+        if self.combined is None and self.rules:
+            # every condition in one program: one evaluation per order when no rule errors
+            object.__setattr__(self, "combined", cel.compile("[" + ", ".join(r.flat for r in self.rules) + "]"))
 
     @property
     def list_sets(self) -> dict[str, frozenset[str]]:
@@ -146,7 +156,8 @@ class Ruleset:
             return self
         rules = tuple(r.as_shadow() if r.name in names and r.mode == "active" else r for r in self.rules)
         base = self.version.split("+demoted:")[0]
-        return dataclasses.replace(self, rules=rules, version=f"{base}+demoted:{','.join(sorted(names))}")
+        return dataclasses.replace(self, rules=rules, version=f"{base}+demoted:{','.join(sorted(names))}",
+                                   combined=self.combined)
 
 
 @dataclass
