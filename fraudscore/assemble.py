@@ -71,7 +71,7 @@ def build_parts(settings: Settings, *, background_compile: bool = True) -> Parts
     features = load_feature_set(settings.feature_store.definitions)
     store = create_store(settings.feature_store, features)
     models = build_models(settings, features, background_compile=background_compile)
-    rules = RulesHolder(rules_dir(settings))
+    rules = RulesHolder(rules_dir(settings), features)
     rules.refresh()
     pipeline = DecisionPipeline(
         store,
