@@ -7,7 +7,7 @@ original event)::
      "stage": "decode", "source": "kafka", "topic": "orders", "partition": 3, "offset": 1234,
      "key": "c-17", "payload": "<the original bytes as text, card numbers masked>",
      "payload_b64": "<the same masked bytes, base64>", "masked": false,
-     "payload_sha256": "<hex digest of the original bytes, only when nothing was masked>",
+     "payload_sha256": "<SHA-256 of the original bytes, base64url, only when nothing was masked>",
      "attempts": 1, "failed_at": "2026-…Z", "schema_version": 1}
 
 ``stage`` says what failed: ``decode`` (not JSON / schema violation), ``card_number`` (a card number
@@ -17,7 +17,8 @@ in the event: refused, masked here), ``late`` (older than the allowed lateness),
 
 Card numbers are masked (all but the last 4 digits) in ``payload``, ``payload_b64`` and ``key``;
 ``masked`` says so and ``payload_sha256`` is then left out (a digest of a document holding a card
-number is not something to keep).
+number is not something to keep). The digest is base64url, not hex: a hex digest often holds a run
+of 13+ decimal digits that passes the Luhn check, which card-number scanners would flag.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
         return base64.b64decode(self.payload_b64)
 
 
+def payload_digest(raw: bytes) -> str:
+    """SHA-256 of ``raw``, base64url without padding (never a long run of digits)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(raw).digest()).rstrip(b"=").decode()
+
+
 def dead_letter(
     exc: BaseException,
     raw: bytes,
@@ -88,7 +94,7 @@ def dead_letter(
         payload=safe.decode("utf-8", "replace"),
         payload_b64=base64.b64encode(safe).decode(),
         masked=masked,
-        payload_sha256=None if masked else hashlib.sha256(raw).hexdigest(),
+        payload_sha256=None if masked else payload_digest(raw),
         attempts=attempts,
         failed_at=dt.datetime.now(dt.UTC),
     )

@@ -145,6 +145,8 @@ class OrdersProcessor:
         self._claimed: dict[str, bool] = {}
         #: event time → decision (ms) of the most recent orders, for the live summary
         self.recent_latency_ms: deque[float] = deque(maxlen=5000)
+        #: record append → feature update applied (ms) of the most recent orders
+        self.recent_freshness_ms: deque[float] = deque(maxlen=200_000)
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
         """Decide one batch; raises ``FeatureStoreUnavailable`` / ``SinkError`` for the caller to retry."""
@@ -174,7 +176,7 @@ class OrdersProcessor:
         t1 = time.perf_counter()
         decided = await self._decide(orders, recs, fail)
         t2 = time.perf_counter()
-        self._observe_freshness([recs[i] for i, _ in decided])
+        self._observe_freshness([recs[i] for i, _ in decided], self.recent_freshness_ms)
         ids = [d.order_id for _, d in decided]
         pending = self._claimed
         unknown = [oid for oid in ids if oid not in pending]
@@ -261,12 +263,14 @@ class OrdersProcessor:
         return list(enumerate(decisions))
 
     @staticmethod
-    def _observe_freshness(recs: list[SourceRecord]) -> None:
+    def _observe_freshness(recs: list[SourceRecord], recent: deque[float]) -> None:
         now_ms = time.time() * 1000.0
         observe = smetrics.FRESHNESS.observe
         for rec in recs:
             if rec.timestamp_ms is not None:
-                observe(max(0.0, now_ms - rec.timestamp_ms) / 1000.0)
+                ms = max(0.0, now_ms - rec.timestamp_ms)
+                observe(ms / 1000.0)
+                recent.append(ms)
 
 
 class LabelsProcessor:

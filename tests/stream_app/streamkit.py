@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -127,7 +126,10 @@ def bad_event(template: Order, bad_id: str, kind: str, rng: random.Random) -> by
 
 
 def sha(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
+    """The dead-letter envelope's ``payload_sha256`` of ``raw``."""
+    from stream_app.deadletter import payload_digest
+
+    return payload_digest(raw)
 
 
 def labels_for(orders: Sequence[Order], every: int = 50) -> list[Label]:

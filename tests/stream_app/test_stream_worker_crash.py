@@ -83,12 +83,12 @@ async def test_kill_9_mid_run_then_restart(stream_settings: Any, tmp_path: Path)
     settings: Settings = stream_settings()
     await ensure_topics(settings.kafka)
     bs, t = settings.kafka.bootstrap or "", settings.kafka.topics
-    traffic = make_traffic(20_000, seed=9, bad_every=400)
+    traffic = make_traffic(10_000, seed=9, bad_every=400)
     await produce(bs, t.orders, traffic.emitted)
     log = tmp_path / "worker.log"
     first, port = start_worker(settings, log)
     try:
-        wait_orders(first, port, 5000, log)
+        wait_orders(first, port, 3000, log)
         first.send_signal(signal.SIGKILL)  # no commit of the batch in flight, no leaving the group
         first.wait(10)
         second, port2 = start_worker(settings, log)

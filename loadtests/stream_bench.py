@@ -1,0 +1,215 @@
+"""Stream pipeline throughput and freshness against a plain aiokafka loop, same broker, same run.
+
+    .venv/bin/python loadtests/stream_bench.py [--orders 100000] [--partitions 4] [--rate 10000]
+
+1. starts an embedded broker (or uses $KAFKA_BOOTSTRAP) and pre-produces N orders;
+2. **baseline**: a plain aiokafka consumer-group loop — ``getmany(5000)``, produce every record
+   (same key and value) with ``send()``, await the batch, commit — over the N orders;
+3. **pipeline**: one ``StreamWorker`` (orders role) over the same N orders: decode, features
+   (embedded memory store, or Redis when $REDIS_URL is set and the Redis store exists), model,
+   rules, decisions + actions produced, commit;
+4. **freshness**: orders produced live at ``--rate``/s for ``--seconds``; for each, the wall time
+   from its append to the broker (record timestamp) until its feature update is applied and
+   visible to ``read_as_of`` (p50 / p99);
+5. prints the ratio pipeline / baseline (target ≥ 0.5) and writes reports/stream_bench.json.
+
+Both rates exclude the consumer-group join (measured from the first record received).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "stream_app"))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+
+from contracts.config import load_settings  # noqa: E402
+from stream_app.embedded_broker import EmbeddedBroker  # noqa: E402
+from stream_app.kafka import ensure_topics  # noqa: E402
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    t0 = time.perf_counter()
+    futs = []
+    for k, v in records:
+        futs.append(await producer.send(topic, v, key=k))
+        if len(futs) >= 10_000:
+            await asyncio.gather(*futs)
+            futs = []
+    await asyncio.gather(*futs)
+    await producer.stop()
+    return time.perf_counter() - t0
+
+
+async def baseline(bootstrap: str, src: str, dst: str, n: int, group: str) -> float:
+    consumer = AIOKafkaConsumer(src, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_poll_records=5000)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_batch_size=256 * 1024)
+    await producer.start()
+    await consumer.start()
+    seen = 0
+    t0 = None
+    try:
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+            if not batch:
+                continue
+            if t0 is None:
+                t0 = time.perf_counter()
+            futs = []
+            for msgs in batch.values():
+                for m in msgs:
+                    futs.append(await producer.send(dst, m.value, key=m.key))
+                seen += len(msgs)
+            await asyncio.gather(*futs)
+            await consumer.commit()
+        return seen / (time.perf_counter() - (t0 or time.perf_counter()))
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def pipeline_run(settings, n: int, *, live_rate: float = 0.0, live_s: float = 0.0,
+                       live_records: list | None = None) -> dict:
+    from fraudscore.assemble import build_parts
+    from stream_app.worker import StreamWorker
+
+    parts = build_parts(settings)
+    worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("orders",))
+    task = asyncio.create_task(worker.run())
+    t_first = None
+    while True:
+        if task.done():
+            task.result()
+        st = worker.consumers["orders"].stats if worker.consumers else None
+        if st and st.events and t_first is None:
+            t_first = time.perf_counter() - 0.0
+            ev0 = st.events
+        if st and st.events >= n:
+            break
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - (t_first or 0)
+    rate = (n - ev0) / elapsed if elapsed > 0 else 0.0
+    out = {"orders_per_s": rate, "store": settings.feature_store.type,
+           "model": parts.models.current.version if parts.models.current else None}
+    if live_records:
+        proc = worker.orders_processor
+        assert proc is not None
+        proc.recent_freshness_ms.clear()
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=1)
+        await producer.start()
+        t0 = time.perf_counter()
+        sent = 0
+        step = max(1, int(live_rate / 100))  # 100 sends of `step` orders per second
+        for i in range(0, len(live_records), step):
+            due = t0 + i / live_rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for k, v in live_records[i:i + step]:
+                await producer.send(settings.kafka.topics.orders, v, key=k)
+            sent += len(live_records[i:i + step])
+        await producer.flush()
+        achieved = sent / (time.perf_counter() - t0)
+        await producer.stop()
+        target = n + len(live_records)
+        deadline = time.perf_counter() + 60
+        while worker.consumers["orders"].stats.events < target and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        samples = sorted(proc.recent_freshness_ms)
+        out["freshness"] = {
+            "offered_rate": achieved,
+            "samples": len(samples),
+            "p50_ms": statistics.median(samples) if samples else None,
+            "p99_ms": samples[int(len(samples) * 0.99) - 1] if samples else None,
+            "max_ms": samples[-1] if samples else None,
+        }
+    worker.stop()
+    await asyncio.wait_for(task, 60)
+    return out
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--orders", type=int, default=100_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=10_000.0, help="live rate for the freshness run")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of the freshness run")
+    ap.add_argument("--max-batch", type=int, default=2000)
+    args = ap.parse_args()
+
+    from streamkit import make_traffic
+    from tests.services import free_port
+
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker = EmbeddedBroker("127.0.0.1", free_port()).start()
+        bootstrap = broker.bootstrap
+    data = Path(tempfile.mkdtemp(prefix="stream-bench-"))
+    run = str(int(time.time()))
+    try:
+        # a small model, trained on simulated history, so the pipeline scores for real
+        from feature_state.definitions import load_feature_set
+        from training.train import train_and_register
+
+        hist = make_traffic(4000, seed=1, duplicate_rate=0, reorder_window_s=0)
+        from streamkit import labels_for
+
+        await asyncio.to_thread(train_and_register, hist.orders, labels_for(hist.orders, every=20),
+                                load_feature_set(None), data / "models", rounds=200)
+        overrides = {"data_dir": str(data), "kafka.bootstrap": bootstrap, "kafka.partitions": args.partitions,
+                     "kafka.consumer_group": f"bench-{run}", "stream.max_batch": args.max_batch,
+                     "stream.max_batch_wait_ms": 5}
+        for name in ("orders", "labels", "decisions", "actions", "dead_letters", "retrain_requests"):
+            overrides[f"kafka.topics.{name}"] = f"bench-{name.replace('_', '-')}-{run}"
+        env = {k: v for k, v in os.environ.items() if k == "REDIS_URL"}
+        settings = load_settings(environ=env, overrides=overrides)
+        await ensure_topics(settings.kafka)
+        traffic = make_traffic(args.orders, seed=2, customers=max(1000, args.orders // 10), duplicate_rate=0,
+                               reorder_window_s=0, rate_per_s=50)
+        live = make_traffic(int(args.rate * args.seconds), seed=3, customers=max(1000, args.orders // 10),
+                            duplicate_rate=0, reorder_window_s=0, rate_per_s=50, prefix="live")
+        t = settings.kafka.topics
+        prod_s = await produce(bootstrap, t.orders, traffic.emitted)
+        print(f"pre-produced {len(traffic.emitted):,} orders in {prod_s:.1f}s ({len(traffic.emitted) / prod_s:,.0f}/s)")
+        base = await baseline(bootstrap, t.orders, f"bench-sink-{run}", len(traffic.emitted), f"bench-base-{run}")
+        print(f"baseline  plain aiokafka consume+produce: {base:,.0f} events/s")
+        pipe = await pipeline_run(settings, len(traffic.emitted), live_rate=args.rate, live_s=args.seconds,
+                                  live_records=live.emitted)
+        ratio = pipe["orders_per_s"] / base
+        print(f"pipeline  orders → decisions + actions ({pipe['store']} store, model {pipe['model']}): "
+              f"{pipe['orders_per_s']:,.0f} orders/s")
+        print(f"ratio     pipeline / baseline = {ratio:.2f} (target ≥ 0.5)")
+        f = pipe.get("freshness") or {}
+        if f.get("p99_ms") is not None:
+            print(f"freshness at {f['offered_rate']:,.0f} orders/s offered: p50 {f['p50_ms']:.1f} ms, "
+                  f"p99 {f['p99_ms']:.1f} ms, max {f['max_ms']:.1f} ms (target p99 ≤ 100 ms; {pipe['store']} store)")
+        report = {"orders": len(traffic.emitted), "partitions": args.partitions, "max_batch": args.max_batch,
+                  "baseline_events_per_s": base, "pipeline": pipe, "ratio": ratio,
+                  "command": "python loadtests/stream_bench.py " + " ".join(sys.argv[1:])}
+        out = ROOT / "reports"
+        out.mkdir(exist_ok=True)
+        (out / "stream_bench.json").write_text(json.dumps(report, indent=2, default=str))
+        print(f"wrote {out / 'stream_bench.json'}")
+        return 0
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
