@@ -146,6 +146,13 @@ class Layout:
             )
         self.order_namespaces = [n for n in self.namespaces.values() if n.source == "orders"]
         self.label_namespaces = [n for n in self.namespaces.values() if n.source == "labels"]
+        #: (feature, its namespace, the entity's orders namespace for a label rate's denominator)
+        #: in model column order
+        self.plan: list[tuple[AggregateFeature, Namespace, Namespace | None]] = [
+            (f, self.namespace_of(f), self.namespaces.get(f"o.{f.entity}") if f.aggregation == "rate" else None)
+            for f in features.aggregates
+        ]
+        self.since_previous = [d for d in features.derived if d.kind == "seconds_since_previous"]
         #: wall-clock TTL of remote state: the longest retention plus a margin
         self.ttl_s = max((max(n.retention_s.values()) for n in self.namespaces.values()), default=0) + 3600
 

@@ -21,6 +21,7 @@ the next finer level's tiles, down to the exact event log for the current minute
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -229,18 +230,22 @@ def window_tiles(
     n_tiles: int,
     okey: Key,
     log: Sequence[LogEvent] | None = None,
+    order: list[int] | None = None,
 ) -> list[Tile]:
     """Every tile (or exact split of the head tile) inside the window as of ``okey``.
 
     ``log`` must hold the entity's logged events of :func:`log_span` when :func:`needs_log`.
+    ``order`` may pass the level's tile indices, sorted (to share one sort between windows).
     """
     r = resolution_s * US
     h = okey[0] // r
-    level = state.tiles.get(resolution_s, {})
-    if len(level) <= n_tiles:
-        parts = [t for i, t in level.items() if h - n_tiles < i < h]
-    else:
-        parts = [t for i in range(h - n_tiles + 1, h) if (t := level.get(i)) is not None]
+    level = state.tiles.get(resolution_s)
+    if not level:
+        return []
+    idx = order if order is not None else sorted(level)
+    a = bisect_left(idx, h - n_tiles + 1)
+    b = bisect_left(idx, h, a)
+    parts = [level[i] for i in idx[a:b]]
     if (state.wm, state.wm_id) <= okey:
         tile = level.get(h)
         if tile is not None:
@@ -329,49 +334,57 @@ def read_order(
     values: Features = {}
     order_counts: dict[tuple[str, int, int], float] = {}
     cache: dict[tuple[str, int, int, bool], list[Tile]] = {}
+    sorted_levels: dict[tuple[str, int], list[int]] = {}
+    self_tiles: dict[str, Tile | None] = {}
+    empty = EntityState()
 
-    def tiles_for(ns: Namespace, key: str, res: int, n: int, label: bool) -> list[Tile] | None:
+    def tiles_for(ns: Namespace, key: str, res: int, n: int, label: bool) -> list[Tile]:
         ck = (key, res, n, label)
-        if ck in cache:
-            return cache[ck]
+        hit = cache.get(ck)
+        if hit is not None:
+            return hit
         view = views.get(key)
-        state = view.state if view is not None else EntityState()
+        state = view.state if view is not None else empty
         log = view.log if view is not None else None
-        rkey = (ts, MAX_ID) if label else okey
-        parts = window_tiles(ns, state, res, n, rkey, log)
+        lk = (key, res)
+        idx = sorted_levels.get(lk)
+        if idx is None:
+            idx = sorted_levels[lk] = sorted(state.tiles.get(res, ()))
+        parts = window_tiles(ns, state, res, n, (ts, MAX_ID) if label else okey, log, idx)
         if not label and self_events is not None and key in self_events:
-            if not is_applied(ns, state, okey, log):
-                parts = [*parts, _event_tile(ns, self_events[key])]
+            if key not in self_tiles:
+                self_tiles[key] = None if is_applied(ns, state, okey, log) else _event_tile(ns, self_events[key])
+            own = self_tiles[key]
+            if own is not None:
+                parts = [*parts, own]
         cache[ck] = parts
         return parts
 
-    for f in features.aggregates:
-        ns = layout.namespace_of(f)
-        key = ns.key(field_value(order, ns.path))
+    keys = {name: ns.key(field_value(order, ns.path)) for name, ns in layout.namespaces.items()}
+    for f, ns, ons in layout.plan:
+        key = keys[ns.name]
         if key is None:
             values[f.name] = None
-            continue
-        if f.source == "orders":
-            tiles = tiles_for(ns, key, f.resolution_s, f.tiles, False)
-            values[f.name] = aggregate(ns, f, tiles or [])
-            continue
-        frauds = float(sum(t.n for t in tiles_for(ns, key, f.resolution_s, f.tiles, True) or []))
-        if f.aggregation == "count":
-            values[f.name] = frauds
-            continue
-        ons = layout.namespaces[f"o.{f.entity}"]
-        okey_o = ons.key(field_value(order, ons.path))
-        assert okey_o is not None
-        ck2 = (okey_o, f.resolution_s, f.tiles)
-        if ck2 not in order_counts:
-            order_counts[ck2] = float(sum(t.n for t in tiles_for(ons, okey_o, f.resolution_s, f.tiles, False) or []))
-        orders_n = order_counts[ck2]
-        values[f.name] = frauds / orders_n if orders_n else None
-    for d in features.derived:
-        if d.kind != "seconds_since_previous":
-            continue
+        elif f.source == "orders":
+            values[f.name] = aggregate(ns, f, tiles_for(ns, key, f.resolution_s, f.tiles, False))
+        else:
+            frauds = 0
+            for t in tiles_for(ns, key, f.resolution_s, f.tiles, True):
+                frauds += t.n
+            if f.aggregation == "count":
+                values[f.name] = float(frauds)
+                continue
+            assert ons is not None  # a rate's denominator namespace always exists
+            okey_o = keys[ons.name]
+            assert okey_o is not None  # same entity path as the label namespace
+            ck2 = (okey_o, f.resolution_s, f.tiles)
+            if ck2 not in order_counts:
+                order_counts[ck2] = float(sum(t.n for t in tiles_for(ons, okey_o, f.resolution_s, f.tiles, False)))
+            orders_n = order_counts[ck2]
+            values[f.name] = float(frauds) / orders_n if orders_n else None
+    for d in layout.since_previous:
         ns = layout.namespaces[f"o.{d.params['entity']}"]
-        key = ns.key(field_value(order, ns.path))
+        key = keys[ns.name]
         view = views.get(key) if key is not None else None
         prev = None if view is None else previous_ts(ns, view.state, okey, view.log)
         window_us = int(d.params["window_s"]) * US

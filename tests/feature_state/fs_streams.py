@@ -12,6 +12,7 @@ from feature_state.layout import SCALE, US, field_value, to_fixed, to_us
 from feature_state.windows import Features, derive
 
 T0 = dt.datetime(2026, 3, 6, 22, 30, tzinfo=dt.UTC)  # a Friday night: crosses midnight and a weekend
+_ZONES = [dt.UTC, dt.UTC, dt.timezone(dt.timedelta(hours=2)), dt.timezone(dt.timedelta(hours=-5, minutes=-30))]
 
 #: Every aggregation, every resolution, label features with a delay, seconds since previous.
 TEST_DEFS = {
@@ -69,6 +70,7 @@ def make_orders(rng: random.Random, n: int, span_s: int = 3 * 86400, burst: floa
             t = rng.uniform(0, span_s)
         us = int(t * 1e6) if rng.random() < 0.8 else int(t) * 1_000_000  # some exact-second ties
         when = T0 + dt.timedelta(microseconds=us)
+        when = when.astimezone(rng.choice(_ZONES))  # the same instant in the sender's offset
         orders.append(Order(
             order_id=f"o{i:05d}{rng.choice('abc')}",
             event_time=when,
