@@ -286,7 +286,8 @@ async def bench(args: argparse.Namespace) -> int:
         print(f"training a {args.trees}-tree model on {len(orders)} synthetic orders …", flush=True)
         version = await asyncio.to_thread(train_and_register, orders, labels, features, work / "models",
                                           rounds=args.trees)
-        env = {**os.environ, "FRAUDSCORE_METRICS_PORT": str(free_port())}
+        env = {**os.environ, "FRAUDSCORE_METRICS_PORT": str(free_port()),
+               **dict(kv.split("=", 1) for kv in args.server_env)}
         metrics_port = int(env["FRAUDSCORE_METRICS_PORT"])
         if args.store == "redis":
             rport = free_port()
@@ -342,7 +343,7 @@ async def bench(args: argparse.Namespace) -> int:
         report = {
             "command": "python loadtests/grpc_bench.py " + " ".join(sys.argv[1:]),
             "offered_rps": args.rate, "seconds_per_block": args.seconds, "rounds": args.rounds,
-            "store": args.store, "runtime": args.runtime, "workers": args.workers, "model_trees": args.trees,
+            "store": args.store, "runtime": args.runtime, "server_env": args.server_env, "workers": args.workers, "model_trees": args.trees,
             "open_loop": {"echo": e, "score": s, "errors": errors},
             "p99_ratio_score_over_echo": round(ratio, 3),
             "target_p99_ratio_max": 2.0, "target_met": ratio <= 2.0,
@@ -354,8 +355,8 @@ async def bench(args: argparse.Namespace) -> int:
         }
         out = ROOT / "reports"
         out.mkdir(exist_ok=True)
-        (out / "grpc_bench.json").write_text(json.dumps(report, indent=2))
-        plot(echo_lat, score_lat, out / "grpc_bench.png", args.rate)
+        (out / f"{args.out}.json").write_text(json.dumps(report, indent=2))
+        plot(echo_lat, score_lat, out / f"{args.out}.png", args.rate)
         print(json.dumps(report, indent=2))
         print(f"\nScore p99 {s['p99_ms']:.2f} ms vs echo p99 {e['p99_ms']:.2f} ms at {args.rate:.0f} rps: "
               f"ratio {ratio:.2f} (target ≤ 2.0) → {'MET' if ratio <= 2.0 else 'NOT MET'}; "
@@ -389,6 +390,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="Score server processes (SO_REUSEPORT; default 1)")
     ap.add_argument("--trees", type=int, default=200, help="boosting rounds of the model (default 200)")
     ap.add_argument("--history", type=int, default=30000, help="history orders loaded into the store")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the Score server, e.g. FRAUDSCORE__SCORING__REASONS_TOP_K=0 (ablations)")
+    ap.add_argument("--out", default="grpc_bench", help="report name under reports/ (default grpc_bench)")
     args = ap.parse_args()
     if args.echo_server:
         asyncio.run(run_echo(args.echo_server))

@@ -122,7 +122,8 @@ class DecisionPipeline:
         try:
             if apply:
                 return await self.store.apply_and_read(orders), False
-            return await asyncio.wait_for(self.store.read_as_of(orders), limit_s), False
+            async with asyncio.timeout(limit_s):  # no extra task (unlike wait_for): cheaper per request
+                return await self.store.read_as_of(orders), False
         except (FeatureStoreUnavailable, TimeoutError) as exc:
             if apply:
                 raise  # the stream retries the batch: applying must not be skipped
@@ -149,7 +150,8 @@ class DecisionPipeline:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         if model.blocking_io:
             timeout = None if budget_s is None else max(0.001, budget_s - _RESERVE_S)
-            return await asyncio.wait_for(asyncio.to_thread(model.explain, matrix, with_reasons), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.to_thread(model.explain, matrix, with_reasons)
         return model.explain(matrix, with_reasons)
 
     async def _shadow_scores(self, matrix: np.ndarray, n: int) -> list[dict[str, float]]:

@@ -56,10 +56,16 @@ _ROW_CHUNK = 16
 _KERNEL_SRC = r"""
 #include <math.h>
 #include <stdint.h>
-/* One row: for each leaf, the agreement bits of its path features -> one table row -> scatter-add. */
-void fs_treeshap_row(const float* x, int64_t n_leaves, int64_t width, const int32_t* feat, const float* lo,
-                     const float* hi, const uint8_t* miss, const float* table, double* phi) {
+#include <stdlib.h>
+#define FS_PREFETCH_AHEAD 16
+/* One row. Pass 1 (sequential): each leaf's agreement bits -> the table row it needs. Pass 2: gather
+   those rows (random access into the table, prefetched ahead so cache misses overlap) and scatter-add
+   them into phi. Returns 0, or -1 when out of memory. */
+int fs_treeshap_row(const float* x, int64_t n_leaves, int64_t width, const int32_t* feat, const float* lo,
+                    const float* hi, const uint8_t* miss, const float* table, double* phi) {
   const int64_t n_patterns = (int64_t)1 << width;
+  int64_t* rows = (int64_t*)malloc((size_t)n_leaves * sizeof(int64_t));
+  if (rows == NULL) return -1;
   for (int64_t l = 0; l < n_leaves; ++l) {
     const int64_t base = l * width;
     int64_t pattern = 0;
@@ -68,9 +74,18 @@ void fs_treeshap_row(const float* x, int64_t n_leaves, int64_t width, const int3
       const int ok = isnan(v) ? miss[base + k] : (v >= lo[base + k] && v < hi[base + k]);
       pattern |= (int64_t)ok << k;
     }
-    const float* row = table + (l * n_patterns + pattern) * width;
-    for (int64_t k = 0; k < width; ++k) phi[feat[base + k]] += row[k];
+    rows[l] = (l * n_patterns + pattern) * width;
   }
+  for (int64_t l = 0; l < n_leaves; ++l) {
+#if defined(__GNUC__)
+    if (l + FS_PREFETCH_AHEAD < n_leaves) __builtin_prefetch(table + rows[l + FS_PREFETCH_AHEAD], 0, 0);
+#endif
+    const float* row = table + rows[l];
+    const int32_t* f = feat + l * width;
+    for (int64_t k = 0; k < width; ++k) phi[f[k]] += row[k];
+  }
+  free(rows);
+  return 0;
 }
 """
 
@@ -108,7 +123,7 @@ def load_kernel(cache_dir: Path | None = None) -> Any:
                 os.replace(out, lib)  # atomic: concurrent builders agree
         dll = ctypes.CDLL(str(lib))
         fn = dll.fs_treeshap_row
-        fn.restype = None
+        fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, *([ctypes.c_void_p] * 6)]
         _kernel = fn
     except (OSError, subprocess.SubprocessError) as exc:
@@ -302,7 +317,8 @@ class TreeShap:
                     self._miss8.ctypes.data, self.table.ctypes.data)
             for r in range(rows):
                 phi[:] = 0.0
-                self._kernel(padded[r].ctypes.data, *args, phi.ctypes.data)
+                if self._kernel(padded[r].ctypes.data, *args, phi.ctypes.data) != 0:
+                    raise MemoryError("TreeSHAP kernel: out of memory")
                 out[r, :f] = phi[:f]
             return out
         for start in range(0, rows, _ROW_CHUNK):

@@ -145,3 +145,43 @@ async def test_serve_starts_degraded_with_a_bad_model_and_says_why(registry: tup
         log.close()
     text = (tmp_path / f"serve-{port}.log").read_text()
     assert ("no such model version" in text) if bad == "missing" else ("sha256 mismatch" in text)
+
+
+async def test_serve_publishes_decisions_to_kafka(registry: tuple[Path, str], tmp_path: Path, kafka_broker: Any,
+                                                  unique: str) -> None:
+    import json
+
+    from aiokafka import AIOKafkaConsumer
+
+    from contracts.config import load_settings
+    from stream_app.kafka import ensure_topics
+
+    topic = f"decisions-{unique}"
+    env = {"KAFKA_BOOTSTRAP": kafka_broker.bootstrap, "FRAUDSCORE__KAFKA__TOPICS__DECISIONS": topic}
+    await ensure_topics(load_settings(environ=env).kafka)
+    proc, port, log = _start(registry, tmp_path, env=env)
+    try:
+        await _wait_serving(f"127.0.0.1:{port}", proc)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.FraudScoringStub(ch)
+            for i in range(5):
+                await stub.Score(pb.ScoreRequest(order=order_msg(order_id=f"pub{i}")), timeout=5)
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_broker.bootstrap, auto_offset_reset="earliest",
+                                    group_id=f"t-{unique}")
+        await consumer.start()
+        got: set[str] = set()
+        try:
+            deadline = time.monotonic() + 30
+            while len(got) < 5 and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    got.update(json.loads(r.value)["order_id"] for r in records)
+        finally:
+            await consumer.stop()
+        assert got == {f"pub{i}" for i in range(5)}
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
