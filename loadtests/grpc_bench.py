@@ -291,8 +291,9 @@ async def bench(args: argparse.Namespace) -> int:
         metrics_port = int(env["FRAUDSCORE_METRICS_PORT"])
         if args.store == "redis":
             rport = free_port()
-            procs.append(subprocess.Popen(["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(subprocess.Popen(  # noqa: ASYNC220 - start-up, before any timing
+                ["redis-server", "--port", str(rport), "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             wait_port(rport)
             env["REDIS_URL"] = f"redis://127.0.0.1:{rport}/0"
             from contracts.config import load_settings
@@ -305,11 +306,12 @@ async def bench(args: argparse.Namespace) -> int:
         sport, eport = free_port(), free_port()
         slog = (work / "serve.log").open("wb")
         logs.append(slog)
-        procs.append(subprocess.Popen(
+        procs.append(subprocess.Popen(  # noqa: ASYNC220 - start-up, before any timing
             [sys.executable, "-m", "fraudscore", "--data-dir", str(work), "serve", "--port", str(sport),
              "--no-publish", "--runtime", args.runtime, "--workers", str(args.workers)],
             env=env, stdout=slog, stderr=subprocess.STDOUT, cwd=ROOT))
-        procs.append(subprocess.Popen([sys.executable, __file__, "--echo-server", str(eport)], cwd=ROOT))
+        procs.append(subprocess.Popen(  # noqa: ASYNC220 - start-up, before any timing
+            [sys.executable, __file__, "--echo-server", str(eport)], cwd=ROOT))
         wait_port(sport, 120)
         wait_port(eport)
         print(f"model {version}; Score on :{sport} ({args.store} features, {args.runtime} runtime), echo on :{eport}",
@@ -343,7 +345,8 @@ async def bench(args: argparse.Namespace) -> int:
         report = {
             "command": "python loadtests/grpc_bench.py " + " ".join(sys.argv[1:]),
             "offered_rps": args.rate, "seconds_per_block": args.seconds, "rounds": args.rounds,
-            "store": args.store, "runtime": args.runtime, "server_env": args.server_env, "workers": args.workers, "model_trees": args.trees,
+            "store": args.store, "runtime": args.runtime, "server_env": args.server_env, "workers": args.workers,
+            "model_trees": args.trees,
             "open_loop": {"echo": e, "score": s, "errors": errors},
             "p99_ratio_score_over_echo": round(ratio, 3),
             "target_p99_ratio_max": 2.0, "target_met": ratio <= 2.0,
@@ -391,7 +394,8 @@ def main() -> int:
     ap.add_argument("--trees", type=int, default=200, help="boosting rounds of the model (default 200)")
     ap.add_argument("--history", type=int, default=30000, help="history orders loaded into the store")
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra environment for the Score server, e.g. FRAUDSCORE__SCORING__REASONS_TOP_K=0 (ablations)")
+                    help="extra environment for the Score server (ablations), e.g. "
+                    "FRAUDSCORE__SCORING__REASONS_TOP_K=0")
     ap.add_argument("--out", default="grpc_bench", help="report name under reports/ (default grpc_bench)")
     args = ap.parse_args()
     if args.echo_server:

@@ -29,8 +29,9 @@ def test_scores_every_order_and_rejects_bad_ones_with_file_line(registry: tuple[
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     models, version = registry
     src = tmp_path / "orders.jsonl"
-    bad_amount = b'{"order_id":"bad1","event_time":"2026-03-02T10:00:00Z","customer_id":"c","amount":-1,"currency":"EUR"}'
-    pan = b'{"order_id":"bad2","event_time":"2026-03-02T10:00:00Z","customer_id":"4111111111111111","amount":1,"currency":"EUR"}'
+    head = b'"event_time":"2026-03-02T10:00:00Z","currency":"EUR"'
+    bad_amount = b'{"order_id":"bad1",' + head + b',"customer_id":"c","amount":-1}'
+    pan = b'{"order_id":"bad2",' + head + b',"customer_id":"4111111111111111","amount":1}'
     _write(src, sample_orders[:200], [bad_amount, pan])
     out = tmp_path / "decisions.jsonl"
     assert _score(models.parent, "--input", str(src), "--output", str(out)) == 1  # problems found: rejects

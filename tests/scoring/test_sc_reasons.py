@@ -23,7 +23,7 @@ def random_model() -> tuple[xgb.Booster, np.ndarray]:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3000, 8)).astype(np.float32)
     x[rng.random(x.shape) < 0.15] = np.nan
-    y = ((np.nan_to_num(x[:, 0]) * np.nan_to_num(x[:, 1]) + np.nan_to_num(x[:, 2]) > 0.3)).astype(np.float32)
+    y = (np.nan_to_num(x[:, 0]) * np.nan_to_num(x[:, 1]) + np.nan_to_num(x[:, 2]) > 0.3).astype(np.float32)
     booster = xgb.train({"objective": "binary:logistic", "max_depth": 5, "nthread": 1, "seed": 1},
                         xgb.DMatrix(x, label=y, missing=np.nan), 40)
     return booster, x

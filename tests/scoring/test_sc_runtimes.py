@@ -40,7 +40,8 @@ def test_compiled_equals_native_to_1e6(compiled: CompiledRuntime) -> None:
     np.testing.assert_allclose(compiled.contributions(rows[:10]), compiled.native.contributions(rows[:10]))
 
 
-def test_compiled_library_is_cached_per_model_hash(compiled: CompiledRuntime, trained_registry: tuple[Path, str]) -> None:
+def test_compiled_library_is_cached_per_model_hash(compiled: CompiledRuntime,
+                                                   trained_registry: tuple[Path, str]) -> None:
     models, version = trained_registry
     lib = compiled.library
     before = lib.stat().st_mtime_ns

@@ -115,8 +115,8 @@ async def test_reflection_off_unless_enabled(grpc_server: Any, channel_for: Any)
     async def services(target: str) -> list[str] | grpc.StatusCode:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel_for(target))
         try:
-            async for resp in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                                        timeout=5):
+            ask = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            async for resp in stub.ServerReflectionInfo(ask, timeout=5):
                 return [s.name for s in resp.list_services_response.service]
         except grpc.aio.AioRpcError as exc:
             return exc.code()

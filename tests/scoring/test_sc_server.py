@@ -19,9 +19,9 @@ from tests.scoring.conftest import order_msg
 PAN = "4111 1111 1111 1111"
 
 
-async def _score(ch: grpc.aio.Channel, order: Any = None, timeout: float = 5.0, **kw: Any) -> pb.ScoreResponse:
+async def _score(ch: grpc.aio.Channel, order: Any = None, deadline_s: float = 5.0, **kw: Any) -> pb.ScoreResponse:
     stub = pb_grpc.FraudScoringStub(ch)
-    return await stub.Score(pb.ScoreRequest(order=order or order_msg(), **kw), timeout=timeout)
+    return await stub.Score(pb.ScoreRequest(order=order or order_msg(), **kw), timeout=deadline_s)
 
 
 async def test_valid_score_has_decision_score_reasons_and_versions(grpc_server: Any, channel_for: Any,
@@ -92,11 +92,11 @@ async def test_expired_deadline_is_deadline_exceeded(grpc_server: Any, channel_f
     # A client deadline shorter than the server's minimum is refused at once, before any work.
     srv = await grpc_server(**{"scoring.min_deadline_ms": 200.0})
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await _score(channel_for(srv.target), timeout=0.1)
+        await _score(channel_for(srv.target), deadline_s=0.1)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # A deadline that has already passed is DEADLINE_EXCEEDED too (grpc enforces it end to end).
     with pytest.raises(grpc.aio.AioRpcError) as err2:
-        await _score(channel_for(srv.target), timeout=0.000001)
+        await _score(channel_for(srv.target), deadline_s=0.000001)
     assert err2.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -117,7 +117,7 @@ async def test_hanging_feature_store_gives_degraded_answer_within_deadline(
     grpc_server: Any, channel_for: Any, feature_set: Any
 ) -> None:
     srv = await grpc_server(store=_HangingStore(feature_set))
-    resp = await _score(channel_for(srv.target), timeout=0.5)
+    resp = await _score(channel_for(srv.target), deadline_s=0.5)
     assert resp.degraded
     assert "feature_store_unavailable" in resp.degraded_reasons
     assert resp.HasField("score")  # on_feature_store_down=score: the model still scores order-only features
@@ -125,7 +125,7 @@ async def test_hanging_feature_store_gives_degraded_answer_within_deadline(
 
 async def test_rules_only_when_store_down_and_configured(grpc_server: Any, channel_for: Any, feature_set: Any) -> None:
     srv = await grpc_server(store=_HangingStore(feature_set), **{"scoring.on_feature_store_down": "rules_only"})
-    resp = await _score(channel_for(srv.target), timeout=0.5)
+    resp = await _score(channel_for(srv.target), deadline_s=0.5)
     assert resp.degraded and not resp.HasField("score")
 
 
@@ -250,7 +250,7 @@ async def test_load_shedding_resource_exhausted(grpc_server: Any, channel_for: A
     srv = await grpc_server(store=_HangingStore(feature_set), **{"scoring.max_concurrency": 2,
                                                                  "feature_store.timeout_ms": 300})
     ch = channel_for(srv.target)
-    results = await asyncio.gather(*[_score(ch, order_msg(order_id=f"s{i}"), timeout=2) for i in range(6)],
+    results = await asyncio.gather(*[_score(ch, order_msg(order_id=f"s{i}"), deadline_s=2) for i in range(6)],
                                    return_exceptions=True)
     codes = [r.code() for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1
