@@ -88,7 +88,8 @@ def load_model(
 
 def compile_or_native(native: NativeRuntime, model_sha256: str, opts: RuntimeOptions) -> ModelRuntime:
     """The compiled runtime for ``native``'s model, or ``native`` itself when that fails (logged)."""
-    from scoring.runtimes.compiled import CompiledRuntime, CompiledUnavailable, build_library, library_path
+    from scoring.exceptions import CompiledUnavailable
+    from scoring.runtimes.compiled import CompiledRuntime, build_library, library_path
 
     cache = opts.cache_dir or Path(".fraudscore") / "compiled"
     try:

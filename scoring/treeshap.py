@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from scoring.exceptions import ScoringError
+from scoring.exceptions import TreeShapUnsupported
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,6 @@ def load_kernel(cache_dir: Path | None = None) -> Any:
         _kernel = None
     return _kernel
 
-
-class TreeShapUnsupported(ScoringError):
-    """The model cannot use the tabulated TreeSHAP (categorical splits, dart, table too large)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from scoring.exceptions import ScoringError
+from scoring.exceptions import CompiledUnavailable
 from scoring.runtimes.base import ModelRuntime
 from scoring.runtimes.native import NativeRuntime
 
@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-6
 _BATCH_VIA_NATIVE = 32
 
-
-class CompiledUnavailable(ScoringError):
-    """The compiled runtime could not be built, loaded or failed its parity check (native serves)."""
 
 
 def _versions() -> str:

@@ -14,9 +14,9 @@ import numpy as np
 import xgboost as xgb
 
 from scoring.artifacts import Manifest
-from scoring.exceptions import ModelArtifactError
+from scoring.exceptions import ModelArtifactError, TreeShapUnsupported
 from scoring.runtimes.base import ModelRuntime
-from scoring.treeshap import TreeShap, TreeShapUnsupported
+from scoring.treeshap import TreeShap
 
 log = logging.getLogger(__name__)
 

@@ -28,14 +28,8 @@ from typing import Any
 import numpy as np
 
 from scoring.artifacts import Manifest
-from scoring.exceptions import ScoringError
+from scoring.exceptions import EndpointUnavailable
 from scoring.runtimes.base import ModelRuntime
-
-
-class EndpointUnavailable(ScoringError):
-    """The SageMaker endpoint failed, timed out or answered something unreadable."""
-
-    grpc_status = "UNAVAILABLE"
 
 
 def rows_to_csv(matrix: np.ndarray) -> bytes:

@@ -9,9 +9,10 @@ import pytest
 import xgboost as xgb
 
 from scoring.artifacts import verify
+from scoring.exceptions import TreeShapUnsupported
 from scoring.reasons import describe, top_reasons
 from scoring.runtimes.native import NativeRuntime
-from scoring.treeshap import TreeShap, TreeShapUnsupported
+from scoring.treeshap import TreeShap
 
 
 def _xgb_contribs(booster: xgb.Booster, x: np.ndarray) -> np.ndarray:
