@@ -300,8 +300,17 @@ async def bench(args: argparse.Namespace) -> int:
             from feature_state.stores import create_store
 
             store = create_store(load_settings(environ={"REDIS_URL": env["REDIS_URL"]}).feature_store, features)
-            for i in range(0, len(orders), 2000):
-                await store.apply_and_read(orders[i : i + 2000])
+            from feature_state.exceptions import FeatureStoreUnavailable
+
+            for i in range(0, len(orders), 500):
+                for attempt in range(5):  # a busy machine can push a write past its timeout: retry
+                    try:
+                        await store.apply_and_read(orders[i : i + 500])
+                        break
+                    except FeatureStoreUnavailable:
+                        if attempt == 4:
+                            raise
+                        await asyncio.sleep(0.5)
             await store.close()
         sport, eport = free_port(), free_port()
         slog = (work / "serve.log").open("wb")
@@ -342,6 +351,11 @@ async def bench(args: argparse.Namespace) -> int:
             await c.close()
         e, s = pct(echo_lat), pct(score_lat)
         ratio = s["p99_ms"] / e["p99_ms"]
+        # The comparison only means something when the echo server (and so the client and the machine)
+        # kept up with the offered load; otherwise both sides measure a saturated machine.
+        expected = int(args.rate * args.seconds) * args.rounds
+        valid = errors["echo"] == 0 and e["n"] == expected and e["p99_ms"] < 50.0
+        met = valid and errors["score"] == 0 and ratio <= 2.0
         report = {
             "command": "python loadtests/grpc_bench.py " + " ".join(sys.argv[1:]),
             "offered_rps": args.rate, "seconds_per_block": args.seconds, "rounds": args.rounds,
@@ -349,7 +363,7 @@ async def bench(args: argparse.Namespace) -> int:
             "model_trees": args.trees,
             "open_loop": {"echo": e, "score": s, "errors": errors},
             "p99_ratio_score_over_echo": round(ratio, 3),
-            "target_p99_ratio_max": 2.0, "target_met": ratio <= 2.0,
+            "target_p99_ratio_max": 2.0, "valid_run": valid, "target_met": met,
             "stages_score_open_loop": stage_breakdown(before, after),
             "closed_loop": {"concurrency": args.concurrency,
                             "echo": {"rps": round(echo_tput), **pct(closed_echo)},
@@ -362,9 +376,10 @@ async def bench(args: argparse.Namespace) -> int:
         plot(echo_lat, score_lat, out / f"{args.out}.png", args.rate)
         print(json.dumps(report, indent=2))
         print(f"\nScore p99 {s['p99_ms']:.2f} ms vs echo p99 {e['p99_ms']:.2f} ms at {args.rate:.0f} rps: "
-              f"ratio {ratio:.2f} (target ≤ 2.0) → {'MET' if ratio <= 2.0 else 'NOT MET'}; "
-              f"closed loop {score_tput:.0f} vs {echo_tput:.0f} rps")
-        return 0 if ratio <= 2.0 else 1
+              f"ratio {ratio:.2f} (target ≤ 2.0) → {'MET' if met else 'NOT MET'}"
+              f"{'' if valid else ' (INVALID RUN: the echo server did not keep up — machine or client saturated)'}; "
+              f"Score errors {errors['score']}; closed loop {score_tput:.0f} vs {echo_tput:.0f} rps")
+        return 0 if met else 1
     finally:
         for p in reversed(procs):
             if p.poll() is None:
