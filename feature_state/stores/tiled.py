@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from contracts.events import Label, Order
 from feature_state import metrics
 from feature_state.definitions import FeatureSet
+from feature_state.gcpause import gc_paused
 from feature_state.layout import MAX_ID, Layout, LogEvent, to_us
 from feature_state.stores.base import BatchResult, FeatureStore, LateEvent
 from feature_state.windows import (
@@ -130,6 +131,10 @@ class TiledStore(FeatureStore):
     # ------------------------------------------------------------------ reads
 
     async def read_as_of(self, orders: Sequence[Order]) -> list[Features]:
+        with gc_paused():
+            return await self._read_as_of(orders)
+
+    async def _read_as_of(self, orders: Sequence[Order]) -> list[Features]:
         t0 = time.perf_counter()
         pairs = [self._read_keys(o) for o in orders]
         keys = list(dict.fromkeys(k for ps in pairs for k, _ in ps))
@@ -146,6 +151,10 @@ class TiledStore(FeatureStore):
     # ------------------------------------------------------------------ writes
 
     async def apply_batch(self, orders: Sequence[Order]) -> BatchResult:
+        with gc_paused():
+            return await self._apply_batch(orders)
+
+    async def _apply_batch(self, orders: Sequence[Order]) -> BatchResult:
         layout = self.layout
         result = BatchResult(features=[{} for _ in orders])
         first: dict[str, int] = {}
@@ -203,6 +212,10 @@ class TiledStore(FeatureStore):
                 work.logs[k].append(ev)
 
     async def apply_labels(self, labels: Sequence[Label]) -> BatchResult:
+        with gc_paused():
+            return await self._apply_labels(labels)
+
+    async def _apply_labels(self, labels: Sequence[Label]) -> BatchResult:
         layout = self.layout
         result = BatchResult(features=[])
         events: list[tuple[int, list[tuple[str, LogEvent]]]] = []

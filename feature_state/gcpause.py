@@ -1,0 +1,34 @@
+"""Pause the cyclic garbage collector while a store call folds or reads a batch.
+
+A batch allocates many small tiles, lists and dicts while the process holds a large heap of
+long-lived state; each allocation burst triggers collections that rescan that heap (measured: the
+largest single cost of a batch on the embedded store). Nothing a store call creates forms reference
+cycles — reference counting frees it — so the collector is paused for the call and resumes after.
+Calls may overlap (coroutines): the first one in pauses, the last one out resumes, and a collector
+that was already off stays off.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_depth = 0
+_resume = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    global _depth, _resume
+    if _depth == 0:
+        _resume = gc.isenabled()
+        if _resume:
+            gc.disable()
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0 and _resume:
+            gc.enable()
