@@ -77,6 +77,50 @@ class ConsumerStats:
         self.last_batch_at = time.time()
 
 
+class AdaptiveChunk:
+    """How many records go to the pipeline at once.
+
+    A store that times out on a large batch (e.g. Redis with thousands of entities per round trip)
+    would time out again on the same batch forever. On a feature-store failure the chunk halves
+    (down to ``floor``); after each successful batch it grows back by a quarter.
+    """
+
+    def __init__(self, ceiling: int, floor: int = 25) -> None:
+        self.ceiling = max(1, ceiling)
+        self.floor = min(floor, self.ceiling)
+        self.size = self.ceiling
+
+    def shrink(self) -> None:
+        self.size = max(self.floor, self.size // 2)
+
+    def grow(self) -> None:
+        self.size = min(self.ceiling, max(self.size + 1, int(self.size * 1.25)))
+
+
+def merge(into: BatchResult, part: BatchResult) -> None:
+    for topic, recs in part.outputs.by_topic.items():
+        into.outputs.extend(topic, recs)
+    into.orders += part.orders
+    into.duplicates += part.duplicates
+    into.dead_letters += part.dead_letters
+    into.skipped += part.skipped
+    for k, v in part.decisions.items():
+        into.decisions[k] = into.decisions.get(k, 0) + v
+
+
+async def process_chunked(records: Sequence[SourceRecord], processor: BatchProcessor, chunk: int) -> BatchResult:
+    """Run the processor over ``records`` in chunks of ``chunk``; one result with every output."""
+    begin = getattr(processor, "begin_attempt", None)
+    if begin is not None:
+        begin()
+    if len(records) <= chunk:
+        return await processor.process(records)
+    total = BatchResult()
+    for i in range(0, len(records), chunk):
+        merge(total, await processor.process(records[i:i + chunk]))
+    return total
+
+
 async def retry_batch(
     records: Sequence[SourceRecord],
     processor: BatchProcessor,
@@ -85,27 +129,34 @@ async def retry_batch(
     budget_s: float,
     stats: ConsumerStats,
     stopping: asyncio.Event | None = None,
+    chunk: AdaptiveChunk | None = None,
 ) -> BatchResult:
     """Process and publish one batch, retrying transient failures with jittered backoff.
 
-    Raises :class:`BatchAbandoned` when the budget runs out (or a stop is requested mid-retry).
+    A feature-store failure also halves the chunk given to the pipeline. Raises
+    :class:`BatchAbandoned` when the budget runs out (or a stop is requested mid-retry).
     """
+    chunk = chunk or AdaptiveChunk(len(records) or 1)
     deadline = time.monotonic() + budget_s
     delay = 0.05
     while True:
         try:
-            result = await processor.process(records)
+            result = await process_chunked(records, processor, chunk.size)
             await sink.publish(result.outputs)
+            chunk.grow()
             return result
         except RETRYABLE as exc:
-            reason = "feature_store" if isinstance(exc, FeatureStoreUnavailable) else "publish"
+            store = isinstance(exc, FeatureStoreUnavailable)
+            reason = "feature_store" if store else "publish"
+            if store:
+                chunk.shrink()
             smetrics.RETRIES.labels(reason).inc()
             stats.retries += 1
             stats.last_error = f"{type(exc).__name__}: {exc}"
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (stopping is not None and stopping.is_set()):
                 raise BatchAbandoned(f"batch of {len(records)} records abandoned after retries: {exc}") from exc
-            log.warning("batch failed (%s), retrying in %.2fs: %s", reason, delay, exc)
+            log.warning("batch failed (%s), retrying in %.2fs with chunks of %d: %s", reason, delay, chunk.size, exc)
             await asyncio.sleep(min(delay, remaining) * (0.5 + random.random() / 2))  # noqa: S311 - jitter
             delay = min(delay * 2, 2.0)
 
@@ -152,6 +203,7 @@ class KafkaBatchConsumer:
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
+        self.chunk = AdaptiveChunk(settings.stream.max_batch)
 
     def stop(self) -> None:
         """Finish the current batch, commit it, leave the group."""
@@ -222,7 +274,7 @@ class KafkaBatchConsumer:
         try:
             result = await retry_batch(records, self.processor, self.sink,
                                        budget_s=self.settings.stream.batch_retry_budget_s,
-                                       stats=self.stats, stopping=self.stopping)
+                                       stats=self.stats, stopping=self.stopping, chunk=self.chunk)
         except BatchAbandoned as exc:
             self.stats.abandoned += 1
             smetrics.RETRIES.labels("abandoned").inc()

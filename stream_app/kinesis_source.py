@@ -26,7 +26,7 @@ from contracts.config import Settings
 from monitoring import metrics
 from stream_app import metrics as smetrics
 from stream_app.exceptions import BatchAbandoned, CheckpointError, SourceError
-from stream_app.kafka_source import BatchProcessor, ConsumerStats, retry_batch
+from stream_app.kafka_source import AdaptiveChunk, BatchProcessor, ConsumerStats, retry_batch
 from stream_app.kinesis_checkpoints import SHARD_END, DynamoCheckpoints, LeaseLost
 from stream_app.records import SourceRecord
 from stream_app.sinks import RecordSink
@@ -66,6 +66,7 @@ class KinesisBatchConsumer:
         self.stats = ConsumerStats()
         self.stopping = asyncio.Event()
         self._next_lease_check = 0.0
+        self.chunk = AdaptiveChunk(s.max_batch)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -192,7 +193,7 @@ class KinesisBatchConsumer:
                     metrics.EVENTS.labels(self.stream).inc(len(records))
                     try:
                         result = await retry_batch(records, self.processor, self.sink, budget_s=s.batch_retry_budget_s,
-                                                   stats=self.stats, stopping=self.stopping)
+                                                   stats=self.stats, stopping=self.stopping, chunk=self.chunk)
                     except BatchAbandoned as exc:
                         self.stats.abandoned += 1
                         log.error("%s: %s; rewinding shards to their checkpoints", self.name, exc)

@@ -143,6 +143,8 @@ class OrdersProcessor:
         # Claims made by an attempt whose publish failed: a retry of the same batch reuses them,
         # so a retried batch is not mistaken for a redelivery.
         self._claimed: dict[str, bool] = {}
+        # Ids published unmarked by this attempt (a batch may be processed in several chunks).
+        self._unmarked: set[str] = set()
         #: event time → decision (ms) of the most recent orders, for the live summary
         self.recent_latency_ms: deque[float] = deque(maxlen=5000)
         #: record append → feature update applied (ms) of the most recent orders
@@ -188,9 +190,12 @@ class OrdersProcessor:
         act_out: list[OutRecord] = []
         counts = result.decisions
         now = time.time()
+        unmarked = self._unmarked
         for i, d in decided:
             by_index[i] = d
-            new = pending[d.order_id]
+            new = pending[d.order_id] and d.order_id not in unmarked
+            if new:
+                unmarked.add(d.order_id)
             self._emit(d, new, dec_out, act_out)
             if new:
                 counts[d.decision] = counts.get(d.decision, 0) + 1
@@ -215,9 +220,14 @@ class OrdersProcessor:
         metrics.BATCH_SIZE.observe(len(orders))
         return result
 
+    def begin_attempt(self) -> None:
+        """A (re)try of a batch starts: nothing of it is published yet."""
+        self._unmarked.clear()
+
     def committed(self) -> None:
         """The last batch's outputs are durable: forget its claims."""
         self._claimed.clear()
+        self._unmarked.clear()
 
     @staticmethod
     def _emit(d: Decision, new: bool, dec_out: list[OutRecord], act_out: list[OutRecord]) -> None:
