@@ -125,6 +125,11 @@ class ScoringSettings(_Section):
         description="when neither model nor rules can answer: open → allow, closed → review",
     )
     reasons_top_k: int = Field(3, ge=0, le=20, description="number of reasons in each answer")
+    reasons_for: Literal["all", "non_allow"] = Field(
+        "all",
+        description="which answers carry reason codes: all, or only review/challenge/block (saves the "
+        "contributions computation on allowed orders; the decision record keeps the features to explain later)",
+    )
     model_signing_key: SecretStr | None = Field(
         None, description="HMAC key: when set, only model manifests signed with it load (hmac-sha256)"
     )

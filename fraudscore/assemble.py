@@ -82,5 +82,6 @@ def build_parts(settings: Settings, *, background_compile: bool = True) -> Parts
         store_timeout_s=settings.feature_store.timeout_ms / 1000.0,
         on_feature_store_down=settings.scoring.on_feature_store_down,
         feature_budget_fraction=settings.scoring.feature_budget_fraction,
+        reasons_for=settings.scoring.reasons_for,
     )
     return Parts(features, store, models, rules, pipeline)

@@ -204,6 +204,23 @@ def pct(lat: list[float]) -> dict[str, float]:
 
 # -------------------------------------------------------------------------------------- metrics
 
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its direct children (Linux /proc), in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid = int(fields[1])
+        if int(entry.name) == pid or ppid == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
 _LINE = re.compile(r'^fraudscore_stage_seconds_(bucket|sum|count)\{(.*)\} (\S+)$')
 
 
@@ -315,12 +332,13 @@ async def bench(args: argparse.Namespace) -> int:
         sport, eport = free_port(), free_port()
         slog = (work / "serve.log").open("wb")
         logs.append(slog)
-        procs.append(subprocess.Popen(  # noqa: ASYNC220 - start-up, before any timing
+        score_proc = subprocess.Popen(  # noqa: ASYNC220 - start-up, before any timing
             [sys.executable, "-m", "fraudscore", "--data-dir", str(work), "serve", "--port", str(sport),
              "--no-publish", "--runtime", args.runtime, "--workers", str(args.workers)],
-            env=env, stdout=slog, stderr=subprocess.STDOUT, cwd=ROOT))
-        procs.append(subprocess.Popen(  # noqa: ASYNC220 - start-up, before any timing
-            [sys.executable, __file__, "--echo-server", str(eport)], cwd=ROOT))
+            env=env, stdout=slog, stderr=subprocess.STDOUT, cwd=ROOT)
+        echo_proc = subprocess.Popen(  # noqa: ASYNC220 - start-up, before any timing
+            [sys.executable, __file__, "--echo-server", str(eport)], cwd=ROOT)
+        procs += [score_proc, echo_proc]
         wait_port(sport, 120)
         wait_port(eport)
         print(f"model {version}; Score on :{sport} ({args.store} features, {args.runtime} runtime), echo on :{eport}",
@@ -336,15 +354,22 @@ async def bench(args: argparse.Namespace) -> int:
         echo_lat: list[float] = []
         score_lat: list[float] = []
         errors = {"echo": 0, "score": 0}
+        cpu = {"echo": 0.0, "score": 0.0}
         before = scrape(metrics_port)
         for r in range(args.rounds):
+            c0 = cpu_seconds(echo_proc.pid)
             lat, err = await open_loop(echo_stubs, args.rate, args.seconds, 30_000_000 + r * 1_000_000)
+            cpu["echo"] += cpu_seconds(echo_proc.pid) - c0
             echo_lat += lat
             errors["echo"] += err
+            c0 = cpu_seconds(score_proc.pid)
             lat, err = await open_loop(score_stubs, args.rate, args.seconds, 40_000_000 + r * 1_000_000)
+            cpu["score"] += cpu_seconds(score_proc.pid) - c0
             score_lat += lat
             errors["score"] += err
         after = scrape(metrics_port)
+        server_cpu_us = {k: round(1e6 * v / max(1, len(echo_lat if k == "echo" else score_lat)), 1)
+                         for k, v in cpu.items()}
         closed_echo, echo_tput = await closed_loop(echo_stubs, args.concurrency, args.closed_seconds, 50_000_000)
         closed_score, score_tput = await closed_loop(score_stubs, args.concurrency, args.closed_seconds, 60_000_000)
         for c in chans:
@@ -363,6 +388,7 @@ async def bench(args: argparse.Namespace) -> int:
             "model_trees": args.trees,
             "open_loop": {"echo": e, "score": s, "errors": errors},
             "p99_ratio_score_over_echo": round(ratio, 3),
+            "server_cpu_us_per_call": server_cpu_us,
             "target_p99_ratio_max": 2.0, "valid_run": valid, "target_met": met,
             "stages_score_open_loop": stage_breakdown(before, after),
             "closed_loop": {"concurrency": args.concurrency,
@@ -378,7 +404,8 @@ async def bench(args: argparse.Namespace) -> int:
         print(f"\nScore p99 {s['p99_ms']:.2f} ms vs echo p99 {e['p99_ms']:.2f} ms at {args.rate:.0f} rps: "
               f"ratio {ratio:.2f} (target ≤ 2.0) → {'MET' if met else 'NOT MET'}"
               f"{'' if valid else ' (INVALID RUN: the echo server did not keep up — machine or client saturated)'}; "
-              f"Score errors {errors['score']}; closed loop {score_tput:.0f} vs {echo_tput:.0f} rps")
+              f"Score errors {errors['score']}; closed loop {score_tput:.0f} vs {echo_tput:.0f} rps; "
+              f"server CPU per call: Score {server_cpu_us['score']:.0f} µs, echo {server_cpu_us['echo']:.0f} µs")
         return 0 if met else 1
     finally:
         for p in reversed(procs):

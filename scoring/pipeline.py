@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import msgspec
 import numpy as np
 
-from contracts.events import Decision, Order, Reason
+from contracts.events import Decision, Order, Reason, RuleMatch
 from feature_state.exceptions import FeatureStoreUnavailable
 from feature_state.stores.base import FeatureStore
 from feature_state.windows import Features, derive
@@ -95,6 +95,7 @@ class DecisionPipeline:
         store_timeout_s: float = 0.05,
         on_feature_store_down: str = "score",
         feature_budget_fraction: float = 0.5,
+        reasons_for: str = "all",
     ) -> None:
         self.store = store
         self.models = models
@@ -104,6 +105,7 @@ class DecisionPipeline:
         self.store_timeout_s = store_timeout_s
         self.on_feature_store_down = on_feature_store_down
         self.feature_budget_fraction = feature_budget_fraction
+        self.reasons_for = reasons_for
         self._timers = _StageTimers()
         self._decision_counters: dict[tuple[str, str], object] = {}
 
@@ -205,9 +207,13 @@ class DecisionPipeline:
             degraded.append("feature_store_unavailable")
         if model is None:
             degraded.append("model_unavailable")
+        matrix: np.ndarray | None = None
+        deferred = False  # reasons computed after the decision, only for orders that are not allowed
         if use_model and model is not None:
             matrix = self.matrix(model, feats)
             want_reasons = with_reasons and self.top_k > 0 and model.supports_contributions
+            if want_reasons and self.reasons_for == "non_allow" and not model.blocking_io:
+                want_reasons, deferred = False, True
             try:
                 remaining = None if budget_s is None else budget_s - (t1 - t0)
                 probs, contribs = await self._score(model, matrix, want_reasons, remaining)
@@ -247,16 +253,29 @@ class DecisionPipeline:
         per_order_ms = round((t3 - t0) * 1000.0 / max(1, n), 3)
         model_version = model.version if model is not None and not no_score else None
         ruleset_version = ruleset.version if ruleset else None
-        out = []
-        for i, order in enumerate(orders):
+        decided: list[tuple[str, list[RuleMatch]]] = []
+        for i in range(n):
             outcome = outcomes[i]
             s = scores[i]
             if outcome is not None:
-                decision, matched = outcome.decision, outcome.matched
+                decided.append((outcome.decision, outcome.matched))
             elif s is not None:
-                decision, matched = _threshold(s), []
+                decided.append((_threshold(s), []))
             else:
-                decision, matched = ("allow" if self.fail_mode == "open" else "review"), []
+                decided.append(("allow" if self.fail_mode == "open" else "review", []))
+        t_reasons = 0.0
+        if deferred and model is not None and matrix is not None and scores[0] is not None:
+            tr0 = time.perf_counter()
+            rows = [i for i in range(n) if decided[i][0] != "allow"]
+            if rows:
+                contribs = model.contributions(matrix[rows])
+                for j, i in enumerate(rows):
+                    reasons[i] = top_reasons(model.feature_names, matrix[i], contribs[j], self.top_k)
+            t_reasons = time.perf_counter() - tr0
+        out = []
+        for i, order in enumerate(orders):
+            s = scores[i]
+            decision, matched = decided[i]
             key = (decision, source)
             counter = self._decision_counters.get(key)
             if counter is None:
@@ -285,7 +304,7 @@ class DecisionPipeline:
             )
         tf, tm, tr, tt = self._timers.get(source)
         tf.observe(t1 - t0)  # type: ignore[attr-defined]
-        tm.observe(t2 - t1)  # type: ignore[attr-defined]
+        tm.observe(t2 - t1 + t_reasons)  # type: ignore[attr-defined]
         tr.observe(t3 - t2)  # type: ignore[attr-defined]
-        tt.observe(t3 - t0)  # type: ignore[attr-defined]
+        tt.observe(t3 - t0 + t_reasons)  # type: ignore[attr-defined]
         return out

@@ -275,3 +275,19 @@ async def test_decisions_reach_the_sink_without_blocking(grpc_server: Any, chann
     srv = await grpc_server(sink=got.append)
     await _score(channel_for(srv.target), order_msg(order_id="sink-1"))
     assert [d.order_id for d in got] == ["sink-1"] and got[0].source == "grpc"
+
+
+async def test_reasons_only_for_non_allow_when_configured(grpc_server: Any, channel_for: Any) -> None:
+    srv = await grpc_server(**{"scoring.reasons_for": "non_allow", "rules.dir": None})
+    stub = pb_grpc.FraudScoringStub(channel_for(srv.target))
+    orders = [order_msg(order_id=f"r{i}", amount=float(a), ip_country=c, shipping_country=c,
+                        account_created_at="2026-03-02T09:00:00+00:00" if c != "DE" else "2024-01-01T00:00:00+00:00")
+              for i, (a, c) in enumerate([(12.0, "DE"), (870.0, "NG"), (30.0, "DE"), (640.0, "RU")])]
+    resp = await stub.ScoreBatch(pb.ScoreBatchRequest(orders=orders), timeout=5)
+    decisions = [r.decision for r in resp.results]
+    assert pb.ALLOW in decisions and any(d != pb.ALLOW for d in decisions), decisions
+    for r in resp.results:
+        if r.decision == pb.ALLOW:
+            assert not r.reasons
+        else:
+            assert r.reasons and all(x.contribution > 0 for x in r.reasons)
