@@ -78,11 +78,11 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from contracts.events import Label, Order
     from feature_state.definitions import load_feature_set
     from feature_state.exceptions import FeatureDefinitionError
     from feature_state.io import read_events, write_features
     from feature_state.replay import replay
-    from contracts.events import Label, Order
 
     try:
         fs = load_feature_set(_defs(args, settings))

@@ -169,7 +169,7 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
+    mapping: dict[str, Any] = {str(k): v for k, v in loader.construct_mapping(node, deep=True).items()}
     mapping["__line__"] = node.start_mark.line + 1
     return mapping
 
@@ -268,7 +268,7 @@ def _parse_aggregate(
     elif "delay" in item:
         raise _err(source, line, f"{name}: `delay` applies to source: labels only")
     names.add(name)
-    return AggregateFeature(name, ent, entities[ent], agg, window, fld, src, delay, res)
+    return AggregateFeature(name, str(ent), entities[ent], str(agg), window, fld, src, delay, res)
 
 
 _DERIVED_PARAMS: dict[str, tuple[str, ...]] = {

@@ -41,7 +41,7 @@ def field_value(obj: Any, path: str) -> Any:
 
 def to_us(order_or_time: Any) -> int:
     """Event time as integer microseconds since the epoch (exact, order-independent)."""
-    t = getattr(order_or_time, "event_time", order_or_time)
+    t: dt.datetime = getattr(order_or_time, "event_time", order_or_time)
     delta = t - _EPOCH
     return (delta.days * 86400 + delta.seconds) * US + delta.microseconds
 

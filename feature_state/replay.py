@@ -182,7 +182,8 @@ def _distinct(codes: np.ndarray, code: np.ndarray, lo: np.ndarray) -> np.ndarray
     counted = _prefix(np.bincount(t, minlength=n + 1)[:n])
     nulls = _prefix((~valid).astype(np.int64))
     a = counted[1:]
-    return (a - lo - (nulls[1:] - nulls[lo])).astype(np.float64)
+    out: np.ndarray = (a - lo - (nulls[1:] - nulls[lo])).astype(np.float64)
+    return out
 
 
 def replay(
@@ -214,7 +215,6 @@ def _replay(
     when that order is in ``orders``; off by default because the online store cannot (labels must
     carry their entity there), and a training set should hold what the model sees online.
     """
-    n_in = len(orders)
     ids_all = [o.order_id for o in orders]
     id_codes, _ = _codes(ids_all)
     _, first = np.unique(id_codes, return_index=True)
@@ -294,7 +294,8 @@ def _order_aggregate(
     f: AggregateFeature, g: _Group, lo: np.ndarray, hi: np.ndarray, numeric: Any, distinct_codes: Any
 ) -> np.ndarray:
     if f.aggregation == "count":
-        return (hi - lo + 1).astype(np.float64)
+        counts: np.ndarray = (hi - lo + 1).astype(np.float64)
+        return counts
     if f.aggregation == "distinct_count":
         return _distinct(distinct_codes(f.field)[g.rows], g.code, lo)
     arr, valid = numeric(f.field)
@@ -304,7 +305,8 @@ def _order_aggregate(
     sums = s[hi + 1] - s[lo]
     cnts = c[hi + 1] - c[lo]
     if f.aggregation == "sum":
-        return sums.astype(np.float64) / float(SCALE)
+        total: np.ndarray = sums.astype(np.float64) / float(SCALE)
+        return total
     out = np.full(len(hi), np.nan)
     live = cnts > 0
     if f.aggregation == "mean":
@@ -368,7 +370,8 @@ def _label_counts(f: AggregateFeature, g: _Group, events: dict[str, dict[str, in
     pos[order] = np.arange(len(order), dtype=np.int64)
     p = pos[:n_orders]
     lo = np.searchsorted(comp, comp[p] - (f.tiles - 1), side="left")
-    return (cum[p + 1] - cum[lo]).astype(np.float64)
+    known: np.ndarray = (cum[p + 1] - cum[lo]).astype(np.float64)
+    return known
 
 
 def _derived(
@@ -454,6 +457,6 @@ def _offsets_us(orders: Sequence[Order]) -> np.ndarray:
     out = per[inverse]
     if varying:
         for i in np.nonzero(np.isin(inverse, varying))[0].tolist():
-            delta = orders[i].event_time.utcoffset()
-            out[i] = 0 if delta is None else (delta.days * 86400 + delta.seconds) * US + delta.microseconds
+            off = orders[i].event_time.utcoffset()
+            out[i] = 0 if off is None else (off.days * 86400 + off.seconds) * US + off.microseconds
     return out

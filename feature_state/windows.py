@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import msgspec
 
@@ -287,7 +286,7 @@ def aggregate(ns: Namespace, feature: AggregateFeature, tiles: Iterable[Tile]) -
 def previous_ts(ns: Namespace, state: EntityState, okey: Key, log: Sequence[LogEvent] | None) -> int | None:
     """Event time of the latest applied event strictly before ``okey`` (within retention), or None."""
     if (state.wm, state.wm_id) <= okey:
-        before = [tuple(k) for k in state.last if tuple(k) < okey]
+        before = [(int(k[0]), str(k[1])) for k in state.last if tuple(k) < okey]
         return max(before)[0] if before else None
     r0 = ns.levels[0] * US
     floor = log_floor(ns, okey[0])

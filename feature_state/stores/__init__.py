@@ -40,6 +40,8 @@ def create_store(settings: FeatureStoreSettings, features: FeatureSet) -> Featur
         module = importlib.import_module(module_name)
     except ImportError as exc:
         hint = f" (pip install 'fraudscore[{extra}]')" if extra else ""
-        raise ConfigError(f"feature store {settings.type!r} needs a driver that is not installed{hint}: {exc}") from None
+        raise ConfigError(
+            f"feature store {settings.type!r} needs a driver that is not installed{hint}: {exc}"
+        ) from None
     store: FeatureStore = getattr(module, factory_name)(features, settings)
     return store

@@ -34,7 +34,15 @@ from feature_state.definitions import FeatureSet
 from feature_state.exceptions import FeatureStoreUnavailable
 from feature_state.layout import LogEvent
 from feature_state.stores.tiled import Loaded, TiledStore, Update
-from feature_state.windows import decode_event, decode_state, encode_event, encode_state, fold, prune
+from feature_state.windows import (
+    EntityState,
+    decode_event,
+    decode_state,
+    encode_event,
+    encode_state,
+    fold,
+    prune,
+)
 
 try:
     import boto3
@@ -164,7 +172,9 @@ class DynamoDBStore(TiledStore):
         client = self.write_client if writing else self.client
         items = await self._call("load" if writing else "read", self.write_timeout_s if writing else self.timeout_s,
                                  lambda: self._batch_get(client, wanted, "pk, sk, b, v"))
-        states, versions, known = {}, {}, {}
+        states: dict[str, EntityState] = {}
+        versions: dict[str, int] = {}
+        known: dict[str, set[str]] = {}
         raw: dict[str, tuple[int, bytes | None]] = {k: (0, None) for k in keys}
         for it in items:
             k, sk = it["pk"]["S"], it["sk"]["S"]

@@ -123,7 +123,9 @@ class MemoryStore(TiledStore):
         try:
             snap = msgspec.msgpack.decode(path.read_bytes(), type=_Snapshot)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise FeatureStateError(f"{path}: not a feature store snapshot ({exc}); move it away to start empty") from None
+            raise FeatureStateError(
+                f"{path}: not a feature store snapshot ({exc}); move it away to start empty"
+            ) from None
         if snap.version != _SNAPSHOT_VERSION or snap.layout_digest != self._digest():
             aside = path.with_name(path.name + ".incompatible")
             os.replace(path, aside)

@@ -1,6 +1,7 @@
 """Redis and Redis Cluster backends (redis-py asyncio).
 
-Keys per entity (``fs`` is ``redis_key_prefix``), all with the hash tag ``{<namespace>:<value>}`` so they live in one slot:
+Keys per entity (``fs`` is ``redis_key_prefix``), all with the hash tag ``{<namespace>:<value>}`` so
+they live in one slot:
 
 ==========================  ========  ==================================================
 ``fs:{o.card:tok_1}:s``     hash      ``b`` the tiles (msgpack), ``v`` the version

@@ -141,11 +141,8 @@ def oracle(fs: FeatureSet, orders: Sequence[Order], labels: Sequence[Label], o: 
             continue
         r = f.resolution_s * US
         lo_tile = t // r - f.tiles + 1
-
-        def in_window(ts: int, key: tuple[int, str]) -> bool:
-            return ts // r >= lo_tile and key <= okey
-
-        mine = [e for e in events if field_value(e, f.entity_path) == v and in_window(to_us(e), (to_us(e), e.order_id))]
+        mine = [e for e in events if field_value(e, f.entity_path) == v
+                and to_us(e) // r >= lo_tile and (to_us(e), e.order_id) <= okey]
         if o.order_id not in {e.order_id for e in mine}:
             mine.append(o)
         if f.source == "labels":
@@ -213,7 +210,9 @@ def msgspec_replace(o: Order, **changes: object) -> Order:
     return msgspec.structs.replace(o, **changes)
 
 
-def split_runs(rng: random.Random, items: Sequence[Order | Label], max_batch: int = 40) -> list[list[Order] | list[Label]]:
+def split_runs(
+    rng: random.Random, items: Sequence[Order | Label], max_batch: int = 40
+) -> list[list[Order] | list[Label]]:
     """Random batches that keep the arrival order and hold one kind of event each."""
     out: list[list[Order] | list[Label]] = []
     cur: list[Order | Label] = []

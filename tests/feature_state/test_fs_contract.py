@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
-import dataclasses
 import pytest
 from fs_streams import T0, oracle, stream_features
 

@@ -34,8 +34,8 @@ def test_packaged_defaults_cover_payments_fraud_and_keep_names() -> None:
 
 def _write(tmp_path: Path, body: str) -> Path:
     p = tmp_path / "features.yaml"
-    p.write_text("version: 1\nentities: {customer: customer_id, card: payment.card_fingerprint, merchant: merchant_id}\n"
-                 + body)
+    p.write_text("version: 1\nentities: {customer: customer_id, card: payment.card_fingerprint, "
+                 "merchant: merchant_id}\n" + body)
     return p
 
 
