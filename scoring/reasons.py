@@ -23,6 +23,7 @@ def _window_words(name: str) -> tuple[str, str]:
     return name[: m.start()], span
 
 
+@lru_cache(maxsize=65536)  # counts and flags repeat a lot: most answers format nothing
 def describe(feature: str, value: float | None) -> str:
     """A sentence for one feature value, e.g. ``card used 9 times in the last hour``."""
     if value is None or value != value:  # None or NaN
