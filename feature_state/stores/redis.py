@@ -4,17 +4,19 @@ Keys per entity (``fs`` is ``redis_key_prefix``), all with the hash tag ``{<name
 they live in one slot:
 
 ==========================  ========  ==================================================
-``fs:{o.card:tok_1}:s``     hash      ``b`` the tiles (msgpack), ``v`` the version
+``fs:{o.card:tok_1}:s``     string    the tiles (msgpack)
+``fs:{o.card:tok_1}:v``     string    the version (incremented by every write)
 ``fs:{o.card:tok_1}:l``     zset      applied event ids, scored by event time (µs)
 ``fs:{o.card:tok_1}:e``     hash      event id → the event's values (for out-of-order reads)
 ==========================  ========  ==================================================
 
-* **Reads** (``read_as_of``): one pipelined ``HGET`` per entity, one round trip for every feature of
-  the batch; aggregation happens here, client-side, with :mod:`feature_state.windows`. Only a read
-  whose entity already holds a later event in the same minute fetches that minute of the log (a
-  second round trip).
-* **Writes** (``apply_batch``): one pipelined round trip reads the states, versions and which event
-  ids are already logged (``ZMSCORE``); the fold runs here; a second pipelined round trip runs one
+* **Reads** (``read_as_of``): one ``MGET`` of every entity of the batch (on a cluster, one
+  pipelined ``GET`` per entity, sent to each node in parallel) — one round trip for every feature;
+  aggregation happens here, client-side, with :mod:`feature_state.windows`. Only a read whose entity
+  already holds a later event in the same minute fetches that minute of the log (a second round trip).
+* **Writes** (``apply_batch``): one pipelined round trip reads the versions and states (one atomic
+  ``MGET`` per entity) and which event ids are already logged (``ZMSCORE``); the fold runs here; a
+  second pipelined round trip runs one
   Lua script per entity that writes the new state *only if the version is unchanged*, adds the
   events to the log, prunes the log and refreshes the TTLs — atomically. A changed version (another
   writer) is retried on fresh state, so effects are exactly once per (entity, event id).
@@ -48,9 +50,11 @@ from feature_state.windows import decode_event, decode_state, encode_event, enco
 T = TypeVar("T")
 
 _COMMIT = """
-local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local v = tonumber(redis.call('GET', KEYS[4]) or '0')
 if v ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'b', ARGV[2], 'v', v + 1)
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+redis.call('SET', KEYS[4], v + 1, 'PX', ttl)
 local n = tonumber(ARGV[5])
 local i = 6
 for _ = 1, n do
@@ -63,8 +67,6 @@ for j = 1, #old, 500 do
   redis.call('HDEL', KEYS[3], unpack(old, j, math.min(j + 499, #old)))
 end
 if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4]) end
-local ttl = tonumber(ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
 return 1
@@ -183,12 +185,15 @@ class RedisStore(TiledStore):
                 pipe = client.pipeline(transaction=False)
                 for k in keys[i : i + CHUNK]:
                     if writing:
-                        pipe.hmget(self._k(k, "s"), "b", "v")
+                        pipe.execute_command("MGET", self._k(k, "v"), self._k(k, "s"))  # atomic: version + state
                         if ids.get(k):
                             pipe.zmscore(self._k(k, "l"), ids[k])
-                    else:
-                        pipe.hget(self._k(k, "s"), "b")
-                out.extend(await pipe.execute())
+                    elif self.cluster:
+                        pipe.get(self._k(k, "s"))
+                if writing or self.cluster:
+                    out.extend(await pipe.execute())
+                else:
+                    out.extend(await client.mget([self._k(k, "s") for k in keys[i : i + CHUNK]]))
             return out
 
         replies = await self._guard("load" if writing else "read", self.write_timeout_s if writing else self.timeout_s,
@@ -197,7 +202,7 @@ class RedisStore(TiledStore):
         it = iter(replies)
         for k in keys:
             if writing:
-                blob, ver = next(it)
+                ver, blob = next(it)
                 versions[k] = int(ver or 0)
                 if ids.get(k):
                     scores = next(it)
@@ -222,7 +227,8 @@ class RedisStore(TiledStore):
             args: list[Any] = [str(u.version), encode_state(u.state), ttl_ms, str(u.log_floor_us), str(len(u.events))]
             for ev in u.events:
                 args.extend((ev.id, str(ev.ts), encode_event(ev)))
-            calls.append(("commit", [self._k(u.key, "s"), self._k(u.key, "l"), self._k(u.key, "e")], args))
+            keys = [self._k(u.key, "s"), self._k(u.key, "l"), self._k(u.key, "e"), self._k(u.key, "v")]
+            calls.append(("commit", keys, args))
         replies = await self._guard("commit", self.write_timeout_s, lambda: self._run_scripts(self.writer, calls))
         return [u.key for u, ok in zip(updates, replies, strict=True) if not ok]
 
