@@ -4,8 +4,9 @@ A batch allocates many small tiles, lists and dicts while the process holds a la
 long-lived state; each allocation burst triggers collections that rescan that heap (measured: the
 largest single cost of a batch on the embedded store). Nothing a store call creates forms reference
 cycles — reference counting frees it — so the collector is paused for the call and resumes after.
-Calls may overlap (coroutines): the first one in pauses, the last one out resumes, and a collector
-that was already off stays off.
+Blocks may nest: the outermost one pauses, and the collector resumes when it ends (a collector that
+was already off stays off). Callers keep network waits outside the block, so overlapping requests
+can never hold the collector off indefinitely.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ class MemoryStore(TiledStore):
 
     kind = "memory"
     shared = False
+    pause_gc_whole_call = True  # nothing here awaits the network
 
     def __init__(
         self, features: FeatureSet, allowed_lateness_s: float = 3600.0, persist_path: str | Path | None = None

@@ -81,6 +81,10 @@ class TiledStore(FeatureStore):
 
     #: name used in metrics labels
     kind = "tiled"
+    #: True for stores whose primitives never suspend (the embedded store): the collector can stay
+    #: paused for the whole call. Remote stores pause it only around the CPU-bound sections, so it
+    #: is never held off across network waits (overlapping calls would otherwise keep it off).
+    pause_gc_whole_call = False
 
     def __init__(self, features: FeatureSet, allowed_lateness_s: float) -> None:
         super().__init__(features)
@@ -131,8 +135,10 @@ class TiledStore(FeatureStore):
     # ------------------------------------------------------------------ reads
 
     async def read_as_of(self, orders: Sequence[Order]) -> list[Features]:
-        with gc_paused():
-            return await self._read_as_of(orders)
+        if self.pause_gc_whole_call:
+            with gc_paused():
+                return await self._read_as_of(orders)
+        return await self._read_as_of(orders)
 
     async def _read_as_of(self, orders: Sequence[Order]) -> list[Features]:
         t0 = time.perf_counter()
@@ -142,17 +148,20 @@ class TiledStore(FeatureStore):
         logs = await self._logs_for(loaded.states, ((k, okey, False) for ps in pairs for k, okey in ps))
         views = {k: EntityView(s, logs.get(k)) for k, s in loaded.states.items()}
         out = []
-        for o in orders:
-            self_events = dict(self.layout.order_events(o))
-            out.append(read_order(self.layout, o, views, self_events))
+        with gc_paused():
+            for o in orders:
+                self_events = dict(self.layout.order_events(o))
+                out.append(read_order(self.layout, o, views, self_events))
         metrics.READ_SECONDS.labels(self.kind).observe(time.perf_counter() - t0)
         return out
 
     # ------------------------------------------------------------------ writes
 
     async def apply_batch(self, orders: Sequence[Order]) -> BatchResult:
-        with gc_paused():
-            return await self._apply_batch(orders)
+        if self.pause_gc_whole_call:
+            with gc_paused():
+                return await self._apply_batch(orders)
+        return await self._apply_batch(orders)
 
     async def _apply_batch(self, orders: Sequence[Order]) -> BatchResult:
         layout = self.layout
@@ -172,8 +181,9 @@ class TiledStore(FeatureStore):
         wanted = [(k, okey, False) for rs in reads.values() for k, okey in rs]
         work = _Work(loaded, logs=await self._logs_for(loaded.states, wanted))
         work.views = {k: EntityView(s, work.logs.get(k)) for k, s in loaded.states.items()}
-        for i in sorted(first.values(), key=lambda i: (to_us(orders[i]), orders[i].order_id)):
-            self._apply_one(work, i, orders[i], events[i], result)
+        with gc_paused():
+            for i in sorted(first.values(), key=lambda i: (to_us(orders[i]), orders[i].order_id)):
+                self._apply_one(work, i, orders[i], events[i], result)
         for i, j in enumerate(orders):  # in-batch duplicates answer like their first occurrence
             if first[j.order_id] != i:
                 result.features[i] = result.features[first[j.order_id]]
@@ -212,8 +222,10 @@ class TiledStore(FeatureStore):
                 work.logs[k].append(ev)
 
     async def apply_labels(self, labels: Sequence[Label]) -> BatchResult:
-        with gc_paused():
-            return await self._apply_labels(labels)
+        if self.pause_gc_whole_call:
+            with gc_paused():
+                return await self._apply_labels(labels)
+        return await self._apply_labels(labels)
 
     async def _apply_labels(self, labels: Sequence[Label]) -> BatchResult:
         layout = self.layout
@@ -268,7 +280,9 @@ class TiledStore(FeatureStore):
         for _attempt in range(MAX_RETRIES):
             if not pending:
                 return
-            conflicts = await self._commit(self._updates(work, pending))
+            with gc_paused():
+                updates = self._updates(work, pending)
+            conflicts = await self._commit(updates)
             if not conflicts:
                 return
             metrics.CONFLICTS.labels(self.kind).inc(len(conflicts))
