@@ -315,7 +315,8 @@ def run_backtest(opts: BacktestOptions, progress: Any = None) -> dict[str, Any]:
     t2 = time.perf_counter()
     scores, model_version = _scores(opts, features, cols)
     timings["scores"] = time.perf_counter() - t2
-    say(f"features and scores for {len(sel)} orders" + (f" (model {model_version})" if model_version else " (no model)"))
+    say(f"features and scores for {len(sel)} orders"
+        + (f" (model {model_version})" if model_version else " (no model)"))
     latest: dict[str, tuple[dt.datetime, str]] = {}
     for lb in history.labels:
         if as_of is not None and lb.label_time > as_of:
@@ -327,7 +328,8 @@ def run_backtest(opts: BacktestOptions, progress: Any = None) -> dict[str, Any]:
     amount = np.fromiter((o.amount for o in sel), dtype=np.float64, count=len(sel))
     day0 = math.floor(ts.min() / 86400)
     days = (np.floor(ts / 86400) - day0).astype(np.int64)
-    day_labels = [dt.datetime.fromtimestamp((day0 + d) * 86400, dt.UTC).date().isoformat() for d in range(int(days.max()) + 1)]
+    day_labels = [dt.datetime.fromtimestamp((day0 + d) * 86400, dt.UTC).date().isoformat()
+                  for d in range(int(days.max()) + 1)]
     t3 = time.perf_counter()
     main_cols = rule_columns(ruleset, sel, cols, scores, model=model_version)
     timings["rules"] = time.perf_counter() - t3
@@ -376,8 +378,8 @@ def run_backtest_cli(opts: BacktestOptions) -> int:
     try:
         doc = run_backtest(opts, progress=lambda m: print(m, file=sys.stderr))
     except RulesetInvalid as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
         return 1
     except BacktestError as exc:
         print(f"fraudscore rules backtest: {exc}", file=sys.stderr)

@@ -30,11 +30,14 @@ const doc = JSON.parse(document.getElementById('backtest-data').textContent);
 const C = {allow:'#9fb3c8', review:'#f0b429', challenge:'#e67e22', block:'#c63737', fraud:'#2f8132', fp:'#c63737',
            base:'#829ab1'};
 const NS = 'http://www.w3.org/2000/svg';
-function el(tag, attrs, parent, text){const e=document.createElementNS(NS,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);
+function el(tag, attrs, parent, text){const e=document.createElementNS(NS,tag);
+  for(const k in attrs)e.setAttribute(k,attrs[k]);
   if(text!==undefined)e.textContent=text; if(parent)parent.appendChild(e); return e;}
-function svg(id, w, h){const host=document.getElementById(id); const s=el('svg',{width:w,height:h,viewBox:`0 0 ${w} ${h}`,
+function svg(id, w, h){const host=document.getElementById(id);
+  const s=el('svg',{width:w,height:h,viewBox:`0 0 ${w} ${h}`,
   'data-chart':id,role:'img'},host); return s;}
-function fmt(x){return x===null||x===undefined?'–':(typeof x==='number'&&!Number.isInteger(x)?x.toFixed(4):x.toLocaleString());}
+function fmt(x){return x===null||x===undefined?'–':(typeof
+  x==='number'&&!Number.isInteger(x)?x.toFixed(4):x.toLocaleString());}
 
 // 1. decisions: ruleset vs baseline
 (function(){
@@ -58,7 +61,8 @@ function fmt(x){return x===null||x===undefined?'–':(typeof x==='number'&&!Numb
   const bd=doc.baseline?doc.baseline.daily.map(r=>kinds.reduce((a,k)=>a+r[k],0)):[];
   const max=Math.max(1,...tot,...bd); const bw=(W-L-10)/d.length;
   d.forEach((r,i)=>{let y=H-B; kinds.forEach(k=>{const h=(H-B-10)*r[k]/max; y-=h;
-    el('rect',{x:L+i*bw,y,width:Math.max(bw-1,1),height:h,fill:C[k]},s).appendChild(el('title',{},null,`${r.day} ${k}: ${r[k]}`));});
+    el('rect',{x:L+i*bw,y,width:Math.max(bw-1,1),height:h,fill:C[k]},s).appendChild(el('title',{},null,
+  `${r.day} ${k}: ${r[k]}`));});
     if(i%Math.ceil(d.length/10)===0) el('text',{x:L+i*bw,y:H-B+14},s,r.day.slice(5));});
   if(bd.length){const pts=bd.map((v,i)=>`${L+i*bw+bw/2},${H-B-(H-B-10)*v/max}`).join(' ');
     el('polyline',{points:pts,fill:'none',stroke:'#243b53','stroke-width':1.5,'stroke-dasharray':'4 2'},s);}
@@ -67,11 +71,13 @@ function fmt(x){return x===null||x===undefined?'–':(typeof x==='number'&&!Numb
 
 // 3. per rule: matches split into fraud caught and false positives
 (function(){
-  const rules=doc.ruleset.rules, W=820, row=22, L=290, H=Math.max(60,rules.length*row+30); const s=svg('chart-rules',W,H);
+  const rules=doc.ruleset.rules, W=820, row=22, L=290, H=Math.max(60,rules.length*row+30);
+  const s=svg('chart-rules',W,H);
   const max=Math.max(1,...rules.map(r=>r.matches));
   rules.forEach((r,i)=>{const y=10+i*row, wf=(W-L-120)*r.fraud_caught/max, wp=(W-L-120)*r.false_positives/max;
     el('text',{x:4,y:y+13},s,`${r.name}${r.mode==='active'?'':' ('+r.mode+')'}`);
-    el('rect',{x:L,y,width:Math.max(wf,0),height:row-6,fill:C.fraud},s).appendChild(el('title',{},null,`fraud caught ${r.fraud_caught}`));
+    el('rect',{x:L,y,width:Math.max(wf,0),height:row-6,fill:C.fraud},s).appendChild(el('title',{},null,
+  `fraud caught ${r.fraud_caught}`));
     el('rect',{x:L+wf,y,width:Math.max(wp,0),height:row-6,fill:C.fp,'fill-opacity':0.55},s).appendChild(
       el('title',{},null,`false positives ${r.false_positives}`));
     el('text',{x:L+wf+wp+6,y:y+13},s,`${r.matches} (precision ${fmt(r.precision)})`);});
@@ -79,9 +85,12 @@ function fmt(x){return x===null||x===undefined?'–':(typeof x==='number'&&!Numb
 
 // sortable table
 document.querySelectorAll('table.sortable th').forEach((th,col)=>th.addEventListener('click',()=>{
-  const tb=th.closest('table').tBodies[0]; const rows=[...tb.rows]; const asc=th.dataset.asc!=='1'; th.dataset.asc=asc?'1':'0';
-  rows.sort((a,b)=>{const x=a.cells[col].dataset.v??a.cells[col].textContent, y=b.cells[col].dataset.v??b.cells[col].textContent;
-    const nx=parseFloat(x), ny=parseFloat(y); const c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y); return asc?c:-c;});
+  const tb=th.closest('table').tBodies[0]; const rows=[...tb.rows]; const asc=th.dataset.asc!=='1';
+  th.dataset.asc=asc?'1':'0';
+  rows.sort((a,b)=>{const x=a.cells[col].dataset.v??a.cells[col].textContent,
+  y=b.cells[col].dataset.v??b.cells[col].textContent;
+    const nx=parseFloat(x), ny=parseFloat(y); const c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);
+  return asc?c:-c;});
   rows.forEach(r=>tb.appendChild(r));}));
 document.body.setAttribute('data-rendered','true');
 })();
@@ -161,7 +170,8 @@ def render_html(doc: dict[str, Any]) -> str:
                      for k, c in (("review", "#f0b429"), ("challenge", "#e67e22"), ("block", "#c63737")))
     timings = ", ".join(f"{k} {v}s" for k, v in doc.get("timings_s", {}).items())
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Backtest {html.escape(rs['name'])} {html.escape(rs['version'])}</title>
+<html lang="en"><head><meta charset="utf-8">
+<title>Backtest {html.escape(rs['name'])} {html.escape(rs['version'])}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
 <body data-rendered="false">
 <h1>Rules backtest: {html.escape(rs['name'])} <span class="muted">{html.escape(rs['version'])}</span></h1>

@@ -462,7 +462,8 @@ def load_report(path: str | Path, features: FeatureSet | None = None) -> LoadRep
         return b.report
     _lints_across_rules(b, rules)
     rules.sort(key=lambda r: (-r.priority, r.name))
-    ordered_t = tuple(sorted(((v, a) for a, v in thresholds.items()), key=lambda va: (-va[0], -DECISION_SEVERITY[va[1]])))
+    ordered_t = tuple(sorted(((v, a) for a, v in thresholds.items()),
+                             key=lambda va: (-va[0], -DECISION_SEVERITY[va[1]])))
     content = digest.hexdigest()
     declared_version = "+".join(dict.fromkeys(declared))
     bindings = tuple(b.table.bindings)
@@ -537,7 +538,8 @@ def _rule(
     return Rule(
         name=name, when=when, action=str(action), priority=int(priority), mode=str(mode), program=program,
         description=str(raw.get("description") or ""), owner=str(raw.get("owner") or ""),
-        tags=tuple(tags), tree=tree, flat=flat, flat_tree=flat_tree, file=str(f), line=line, tests=tests, kill_switch=ks,
+        tags=tuple(tags), tree=tree, flat=flat, flat_tree=flat_tree, file=str(f), line=line, tests=tests,
+        kill_switch=ks,
     )
 
 

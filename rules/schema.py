@@ -83,7 +83,6 @@ NUMERIC = ("int", "uint", "double")
 def _from_msgspec(info: Any, name: str = "") -> CelType:
     mi = msgspec.inspect
     pattern = None
-    lo, hi = -math.inf, math.inf
     while isinstance(info, mi.Metadata):
         info = info.type
     if isinstance(info, mi.UnionType):
@@ -133,12 +132,12 @@ def feature_fields(features: FeatureSet) -> dict[str, FieldInfo]:
     """
     out: dict[str, FieldInfo] = {}
     for a in features.aggregates:
-        srcs = () if a.entity_path in _REQUIRED_PATHS else (a.entity_path,)
-        nullable = bool(srcs) or a.aggregation in _NULLABLE_AGG
+        entity_srcs: tuple[str, ...] = () if a.entity_path in _REQUIRED_PATHS else (a.entity_path,)
+        nullable = bool(entity_srcs) or a.aggregation in _NULLABLE_AGG
         lo = 0.0 if a.aggregation in ("count", "distinct_count", "rate") else -math.inf
         hi = 1.0 if a.aggregation == "rate" else math.inf
         out[a.name] = FieldInfo(CelType("double", nullable=nullable, lo=lo, hi=hi), optional=False,
-                                null_when_absent=srcs if a.aggregation not in _NULLABLE_AGG else ())
+                                null_when_absent=entity_srcs if a.aggregation not in _NULLABLE_AGG else ())
     for d in features.derived:
         p = d.params
         srcs: tuple[str, ...] = ()

@@ -22,7 +22,7 @@ from contracts.events import Order, from_builtins
 from contracts.exceptions import ContractError
 from feature_state.definitions import FeatureSet, load_feature_set
 from rules.engine import RuleOutcome, evaluate
-from rules.ruleset import Rule, RuleTest, Ruleset
+from rules.ruleset import Rule, Ruleset, RuleTest
 
 BASE_ORDER: dict[str, Any] = {
     "order_id": "test-order",

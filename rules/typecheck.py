@@ -361,7 +361,8 @@ class _Checker:
         if t is FEATURES:
             info = self.env.features.get(node.field)
             if info is None:
-                self.error(node, f"unknown feature features.{node.field}" + suggest(node.field, list(self.env.features)),
+                self.error(node, f"unknown feature features.{node.field}"
+                           + suggest(node.field, list(self.env.features)),
                            "unknown-feature")
                 return CelType("double", nullable=True)
             return info.type
@@ -437,7 +438,8 @@ class _Checker:
             if isinstance(node.index, Lit) and node.index.kind == "string":
                 info = t.field(str(node.index.value))
                 if info is None:
-                    self.error(node, f"unknown field {node.index.value}" + suggest(str(node.index.value), t.field_names),
+                    self.error(node, f"unknown field {node.index.value}"
+                               + suggest(str(node.index.value), t.field_names),
                                "unknown-field")
                     return DYN
                 return info.type
@@ -573,7 +575,8 @@ class _Checker:
         lo, lo_c, hi, hi_c = iv
         if _empty(max(lo, t.lo), lo_c if lo >= t.lo else True, min(hi, t.hi), hi_c if hi <= t.hi else True):
             self.warn(node, f"never true: {path} is always within [{t.lo:g}, {t.hi:g}]", "always-constant")
-        elif lo <= t.lo and (lo < t.lo or lo_c or lo == -math.inf) and hi >= t.hi and (hi > t.hi or hi_c or hi == math.inf):
+        elif (lo <= t.lo and (lo < t.lo or lo_c or lo == -math.inf)
+              and hi >= t.hi and (hi > t.hi or hi_c or hi == math.inf)):
             self.warn(node, f"always true (when {path} has a value): it is always within [{t.lo:g}, {t.hi:g}]",
                       "always-constant")
 

@@ -74,6 +74,7 @@ class Vocab:
             r = np.empty(len(order), dtype=np.int64)
             r[np.asarray(order, dtype=np.int64)] = np.arange(len(order), dtype=np.int64)
             self._rank = r
+            return r
         return self._rank
 
     def map_codes(self, codes: np.ndarray, fn: Callable[[str], Any], dtype: Any) -> np.ndarray:
@@ -96,7 +97,8 @@ class Col:
 
     @property
     def ok(self) -> np.ndarray:
-        return ~self.err & ~self.null
+        out: np.ndarray = ~self.err & ~self.null
+        return out
 
 
 def const(kind: str, value: Any, n: int, vocab: Vocab) -> Col:
@@ -126,7 +128,7 @@ def from_values(values: list[Any], vocab: Vocab, missing: Any) -> Col:
     if has_missing or has_none:
         obj = np.fromiter(values, dtype=object, count=n)
         err = np.frompyfunc(lambda v: v is missing, 1, 1)(obj).astype(bool) if has_missing else np.zeros(n, bool)
-        null = np.equal(obj, None) if has_none else np.zeros(n, dtype=bool)
+        null = np.frompyfunc(lambda v: v is None, 1, 1)(obj).astype(bool) if has_none else np.zeros(n, dtype=bool)
     else:
         err = np.zeros(n, dtype=bool)
         null = np.zeros(n, dtype=bool)

@@ -204,7 +204,7 @@ def test_diff_in_words(tmp_path: Path, capsys):
     new = tmp_path / "new"
     shutil.copytree("rules/examples", new)
     f = new / "velocity.yaml"
-    f.write_text(f.read_text().replace("features.customer_order_count_1h >= 8.0", "features.customer_order_count_1h >= 6.0")
+    f.write_text(f.read_text().replace("features.customer_order_count_1h >= 8.0", "features.customer_order_count_1h >= 6.0")  # noqa: E501
                  .replace("    action: challenge\n    priority: 55", "    action: block\n    priority: 55"))
     g = new / "card_testing.yaml"
     g.write_text(g.read_text().replace("    mode: shadow\n", ""))

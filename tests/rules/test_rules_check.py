@@ -27,41 +27,41 @@ def one_rule(when: str, action: str = "review", extra: str = "") -> str:
 
 ERRORS = [
     # (condition, finding code, message fragment)
-    ("features.cust_cnt_1h > 3.0", "unknown-feature", "unknown feature features.cust_cnt_1h; did you mean customer_order_count_1h?"),
+    ("features.cust_cnt_1h > 3.0", "unknown-feature", "unknown feature features.cust_cnt_1h; did you mean customer_order_count_1h?"),  # noqa: E501
     ("has(order.emial_domain)", "unknown-field", "did you mean email_domain?"),
     ("order.emial_domain == 'x'", "unknown-field", "unknown field order.emial_domain; did you mean email_domain?"),
     ("ordr.amount > 1.0", "unknown-name", "unknown name ordr; did you mean order?"),
-    ("order.amount * 2 > 100.0", "type-mismatch", "`*` mixes double and int: CEL does not convert numbers implicitly; write 2.0 instead of 2"),
+    ("order.amount * 2 > 100.0", "type-mismatch", "`*` mixes double and int: CEL does not convert numbers implicitly; write 2.0 instead of 2"),  # noqa: E501
     ("order.amount > 'a'", "type-mismatch", "cannot compare order.amount (double) with \"a\" (string)"),
     ("order.amount % 2.0 == 0.0", "type-mismatch", "`%` is not defined on doubles"),
     ("order.amount", "not-bool", "a condition must be a boolean; this one is a double"),
     ("order.amount && true", "type-mismatch", "`&&` needs booleans; order.amount is a double"),
-    ("has(order.email_domain) && order.email_domain in lists.disposable", "unknown-list", "no list named disposable; did you mean disposable_domains?"),
+    ("has(order.email_domain) && order.email_domain in lists.disposable", "unknown-list", "no list named disposable; did you mean disposable_domains?"),  # noqa: E501
     ("size(lists.vip) > 1", "type-mismatch", "size() needs a string, list or map"),
     ("lists.vip == 'a'", "list-misuse", "a list can only be used on the right of `in`"),
-    ("has(order.email_domain) && order.email_domain.lowerAscii() == 'a'", "unknown-function", "unknown function lowerAscii"),
-    ("has(order.ip_country) && order.ip_country.matches('(a)\\\\1')", "regex-unsafe", "not RE2-safe: backreferences are not supported"),
+    ("has(order.email_domain) && order.email_domain.lowerAscii() == 'a'", "unknown-function", "unknown function lowerAscii"),  # noqa: E501
+    ("has(order.ip_country) && order.ip_country.matches('(a)\\\\1')", "regex-unsafe", "not RE2-safe: backreferences are not supported"),  # noqa: E501
     ("has(order.ip_country) && order.ip_country.matches('(?=a)b')", "regex-unsafe", "look-around"),
-    ("has(order.ip_country) && order.ip_country.matches(order.ip_country)", "regex-not-literal", "needs a literal pattern"),
+    ("has(order.ip_country) && order.ip_country.matches(order.ip_country)", "regex-not-literal", "needs a literal pattern"),  # noqa: E501
     ("has(order.items) && order.items.exists(order, true)", "shadowed-name", "hides the order of the condition"),
     ("1 / 0 == 1", "always-error", "the condition always fails"),
     ("order.payment.card_country.startsWith(1)", "bad-call", "startsWith() takes one string"),
     ("!order.amount", "type-mismatch", "`!` needs a boolean"),
     ("order.channel < 3", "type-mismatch", "cannot compare"),
     ("order.amount > null", "type-mismatch", "with null always errors"),
-    ("timestamp(order.amount) > timestamp('2024-01-01T00:00:00Z')", "type-mismatch", "timestamp() needs an RFC 3339 string"),
+    ("timestamp(order.amount) > timestamp('2024-01-01T00:00:00Z')", "type-mismatch", "timestamp() needs an RFC 3339 string"),  # noqa: E501
 ]
 
 WARNINGS = [
-    ("order.email_domain == 'a.com'", "unguarded-optional", "order.email_domain is optional: orders without it make this rule error"),
-    ("order.payment.card_bin == '411111'", "unguarded-optional", "guard it with has(order.payment) && has(order.payment.card_bin)"),
+    ("order.email_domain == 'a.com'", "unguarded-optional", "order.email_domain is optional: orders without it make this rule error"),  # noqa: E501
+    ("order.payment.card_bin == '411111'", "unguarded-optional", "guard it with has(order.payment) && has(order.payment.card_bin)"),  # noqa: E501
     ("features.account_age_days < 1.0", "unguarded-null", "features.account_age_days can be null"),
-    ("has(order.channel) && order.channel == 'webb'", "impossible-literal", "'webb' is not a possible value (order.channel is one of app, phone, pos, web)"),
+    ("has(order.channel) && order.channel == 'webb'", "impossible-literal", "'webb' is not a possible value (order.channel is one of app, phone, pos, web)"),  # noqa: E501
     ("has(order.ip_country) && order.ip_country == 'fr'", "impossible-literal", "always matches ^[A-Z]{2}$"),
     ("score > 1.0", "always-constant", "never true: score is always within [0, 1]"),
     ("features.hour_of_day >= 24.0", "always-constant", "never true: features.hour_of_day is always within [0, 23]"),
     ("order.amount >= 0.0", "always-constant", "always true (when order.amount has a value)"),
-    ("order.amount > 5.0 && order.amount < 3.0", "always-constant", "the conditions on order.amount contradict each other"),
+    ("order.amount > 5.0 && order.amount < 3.0", "always-constant", "the conditions on order.amount contradict each other"),  # noqa: E501
     ("1 < 2 && order.amount > 1.0", "always-constant", "always true: (1 < 2) does not depend on the order"),
     ("true", "always-constant", "the condition is always true"),
     ("order.amount == 'x'", "always-constant", "always false: order.amount is a double"),
@@ -91,7 +91,7 @@ def test_warnings_keep_the_ruleset_but_say_why(write_rules, feature_set, when, c
 
 
 def test_column_points_at_the_offending_name(write_rules, feature_set):
-    d = write_rules(rules=HEADER + "  - name: r1\n    when: order.amount > 1.0 && features.nope > 1.0\n    action: review\n")
+    d = write_rules(rules=HEADER + "  - name: r1\n    when: order.amount > 1.0 && features.nope > 1.0\n    action: review\n")  # noqa: E501
     (err,) = [p for p in load_report(d, feature_set).errors if p.code == "unknown-feature"]
     line = (d / "rules.yaml").read_text().splitlines()[err.line - 1]
     assert line[err.col - 1 :].startswith("nope"), (line, err.col)

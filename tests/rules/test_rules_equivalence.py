@@ -58,7 +58,7 @@ def num_expr() -> st.SearchStrategy[str]:
     return st.recursive(
         NUM_ATOMS,
         lambda inner: st.one_of(
-            st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "%"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+            st.tuples(inner, st.sampled_from(["+", "-", "*", "/", "%"]), inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),  # noqa: E501
             inner.map(lambda x: f"-({x})"),
             inner.map(lambda x: f"double({x})"),
             inner.map(lambda x: f"int({x})"),
