@@ -143,7 +143,8 @@ def _cmd_diff(args: argparse.Namespace, settings: Settings) -> int:
     from rules.diff import run_diff_cli
 
     return run_diff_cli(args.old, args.new, _features(settings, args.features), orders=args.orders,
-                        labels=args.labels, models_dir=settings.models_dir, model=args.model)
+                        labels=args.labels, models_dir=settings.models_dir, model=args.model,
+                        features_path=args.features or settings.feature_store.definitions)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

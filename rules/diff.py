@@ -77,7 +77,7 @@ def diff_rulesets(old: Ruleset, new: Ruleset) -> list[str]:
 
 def run_diff_cli(
     old_path: Path, new_path: Path, features: FeatureSet, *, orders: Path | None = None, labels: Path | None = None,
-    models_dir: Path | None = None, model: str | None = None,
+    models_dir: Path | None = None, model: str | None = None, features_path: Path | None = None,
 ) -> int:
     rulesets: list[Ruleset] = []
     for p in (old_path, new_path):
@@ -105,7 +105,7 @@ def run_diff_cli(
         from rules.backtest import BacktestOptions, run_backtest
 
         doc = run_backtest(BacktestOptions(rules=new_path, baseline=old_path, orders=orders, labels=labels,
-                                           model=model, models_dir=models_dir, features_path=None,
+                                           model=model, models_dir=models_dir, features_path=features_path,
                                            no_model=False))
         d: dict[str, Any] = doc["delta"]
         o = doc["ruleset"]["overall"]
