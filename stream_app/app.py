@@ -141,7 +141,7 @@ def build_app(
                           "retries": st.retries})
 
     if reload is not None:
-        @app.timer(settings.rules.reload_interval_s)
+        @app.timer(settings.rules.reload_interval_s)  # type: ignore[untyped-decorator]
         async def hot_reload() -> None:
             reload()
 

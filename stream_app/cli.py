@@ -11,11 +11,14 @@ import asyncio
 import json
 import sys
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contracts.config import Settings
 
-Sub = argparse._SubParsersAction  # type: ignore[type-arg]
+if TYPE_CHECKING:
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    Sub = argparse._SubParsersAction
 
 WORKER_EPILOG = """\
 what it does:
@@ -86,7 +89,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if settings.stream.source == "kafka" or settings.stream.sink != "kinesis":
         asyncio.run(ensure_topics(settings.kafka))
     parts = build_parts(settings)
-    worker = StreamWorker(settings, parts.pipeline, parts.store, roles=roles)  # type: ignore[arg-type]
+    worker = StreamWorker(settings, parts.pipeline, parts.store, roles=roles)
 
     def health() -> tuple[bool, dict[str, Any]]:
         ok, detail = worker.health()
@@ -190,7 +193,8 @@ def _cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     letters, _ = asyncio.run(read_dead_letters(settings.kafka, timeout_s=args.timeout))
     chosen = [dl for dl in letters
-              if (not args.stage or dl.stage in args.stage) and (not args.error_type or dl.error_type in args.error_type)]
+              if (not args.stage or dl.stage in args.stage)
+              and (not args.error_type or dl.error_type in args.error_type)]
     masked = [dl for dl in chosen if dl.masked]
     todo = [dl for dl in chosen if not dl.masked]
     print(f"{len(chosen)} dead letters match; {len(masked)} had card numbers masked and are never replayed; "

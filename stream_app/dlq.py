@@ -40,7 +40,7 @@ async def read_dead_letters(k: KafkaSettings, *, timeout_s: float = 10.0) -> tup
         ends = await consumer.end_offsets(tps)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while loop.time() < deadline and any(await _behind(consumer, tp, ends[tp]) for tp in tps):
+        while loop.time() < deadline and await _any_behind(consumer, ends):
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
             for msgs in batch.values():
                 for m in msgs:
@@ -54,8 +54,11 @@ async def read_dead_letters(k: KafkaSettings, *, timeout_s: float = 10.0) -> tup
     return letters, foreign
 
 
-async def _behind(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> bool:
-    return bool(await consumer.position(tp) < end)
+async def _any_behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return True
+    return False
 
 
 async def replay(k: KafkaSettings, letters: Sequence[DeadLetter]) -> int:

@@ -78,19 +78,22 @@ class EmbeddedBroker:
             raise BrokerUnavailable(f"port {self.host}:{self.port} (embedded Kafka broker) is already in use")
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")}
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")}
         self.proc = subprocess.Popen(  # noqa: PLW1509 - preexec_fn only sets the parent-death signal
             [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             preexec_fn=_die_with_parent, start_new_session=True,
         )
-        if out is not subprocess.DEVNULL:
+        if not isinstance(out, int):
             out.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BrokerUnavailable(f"embedded broker exited with code {self.proc.returncode} (log: {self.log_file})")
+                raise BrokerUnavailable(
+                    f"embedded broker exited with code {self.proc.returncode} (log: {self.log_file})"
+                )
             if port_open(self.host, self.port):
                 return self
             time.sleep(0.05)

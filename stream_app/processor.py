@@ -41,7 +41,7 @@ from stream_app.deadletter import Stage, for_record, to_out_record
 from stream_app.exceptions import StreamError
 from stream_app.ledger import DecisionLedger
 from stream_app.policy import SKIPPED, ErrorAction, ErrorPolicy, dead_letter_everything
-from stream_app.records import OutRecord, Outputs, SourceRecord
+from stream_app.records import Outputs, OutRecord, SourceRecord
 from stream_app.store_view import LateCapturingStore
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def action_for(decision: Decision) -> Action | None:
     if decision.decision == "allow":
         return None
     rule = next(
-        (m.name for m in decision.matched_rules if m.mode == "active" and m.action == decision.decision and not m.error),
+        (m.name for m in decision.matched_rules
+         if m.mode == "active" and m.action == decision.decision and not m.error),
         None,
     )
     if rule:
@@ -206,9 +207,9 @@ class OrdersProcessor:
             else:
                 result.duplicates += 1
         for idx in repeats:
-            d = by_index.get(idx)
-            if d is not None:
-                self._emit(d, False, dec_out, act_out)
+            first_decision = by_index.get(idx)
+            if first_decision is not None:
+                self._emit(first_decision, False, dec_out, act_out)
                 result.duplicates += 1
         result.outputs.extend(self.topics.decisions, dec_out)
         result.outputs.extend(self.topics.actions, act_out)

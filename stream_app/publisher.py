@@ -55,7 +55,7 @@ class DecisionPublisher:
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Send what is queued (bounded wait), then stop."""
         deadline = asyncio.get_running_loop().time() + drain_timeout_s
-        while not self.queue.empty() and asyncio.get_running_loop().time() < deadline:
+        while not self.queue.empty() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - bounded drain poll
             await asyncio.sleep(0.01)
         if self.task is not None:
             self.task.cancel()

@@ -19,7 +19,7 @@ from aiokafka.partitioner import murmur2
 
 from stream_app import metrics as smetrics
 from stream_app.exceptions import SinkError
-from stream_app.records import OutRecord, Outputs
+from stream_app.records import Outputs, OutRecord
 
 
 class RecordSink(ABC):
@@ -35,7 +35,7 @@ class RecordSink(ABC):
 
 def kafka_partition(key: bytes, n_partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as in the Java client) picks for ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % n_partitions
+    return int((murmur2(key) & 0x7FFFFFFF) % n_partitions)
 
 
 class KafkaSink(RecordSink):

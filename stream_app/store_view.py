@@ -31,7 +31,7 @@ class LateCapturingStore(FeatureStore):
         return await self.inner.read_as_of(orders)
 
     async def apply_batch(self, orders: Sequence[Order]) -> Any:
-        result = await self.inner.apply_batch(orders)  # type: ignore[attr-defined]
+        result = await self.inner.apply_batch(orders)
         self.late = list(getattr(result, "late", ()) or ())
         return result
 

@@ -84,7 +84,7 @@ class WebhookProcessor:
             except ValueError:
                 pass
         base = self.settings.backoff_base_ms / 1000.0 * 2 ** (attempt - 1)
-        return min(cap, base) * (0.5 + random.random() / 2)  # noqa: S311 - jitter
+        return float(min(cap, base) * (0.5 + random.random() / 2))  # noqa: S311 - jitter
 
     async def deliver(self, action: Action, body: bytes) -> int:
         """POST one action until delivered; returns the attempts used or raises ``WebhookDeliveryFailed``."""

@@ -83,7 +83,10 @@ def kinesis_client(settings: Settings, service: str = "kinesis") -> Any:
     from botocore.config import Config
 
     s = settings.stream
-    url = s.kinesis_endpoint_url if service == "kinesis" else (s.kinesis_checkpoint_endpoint_url or s.kinesis_endpoint_url)
+    if service == "kinesis":
+        url = s.kinesis_endpoint_url
+    else:
+        url = s.kinesis_checkpoint_endpoint_url or s.kinesis_endpoint_url
     return boto3.client(service, region_name=s.kinesis_region, endpoint_url=url,
                         config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
                                       read_timeout=10, max_pool_connections=32))

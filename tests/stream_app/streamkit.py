@@ -187,7 +187,8 @@ async def read_all(bootstrap: str, topic: str, *, expect_at_least: int = 0, idle
             got = 0
             for tp, msgs in batch.items():
                 for m in msgs:
-                    out.append(Read(m.key, m.value or b"", {k: v for k, v in (m.headers or ())}, tp.partition, m.offset))
+                    headers = dict(m.headers or ())
+                    out.append(Read(m.key, m.value or b"", headers, tp.partition, m.offset))
                     got += 1
             if got:
                 last_new = loop.time()

@@ -1,5 +1,7 @@
 """The issue's acceptance run: 100,000 orders with 5 % duplicates, reordering within the lateness and
-injected bad events, through one worker on the real broker.
+injected bad events, through one worker on the real broker, with the embedded feature store (the
+Redis store applies ~200–300 orders/s on this machine today, so 100,000 orders on Redis would take
+~6–8 minutes: the Redis runs are the worker-process tests in test_stream_worker_crash.py).
 
 Checks: exactly one unmarked decision per order_id (repeats marked), one action per non-allow
 decision, the dead-letter topic holds exactly the injected bad events (card numbers masked), and
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
 from streamkit import make_traffic, probe_orders, produce, read_all
 from test_stream_orders_e2e import check_dead_letters, check_effects, run_until
 
@@ -22,6 +25,9 @@ from stream_app.kafka import ensure_topics
 from stream_app.worker import StreamWorker
 
 
+# ~100 s of pipeline work alone on the 2-core CI machine (the embedded store applies ~1,000 orders/s);
+# more than the suite's default 300 s per test when the machine is shared.
+@pytest.mark.timeout(900)
 async def test_100k_orders_duplicates_reordering_bad_events(stream_settings: Any) -> None:
     settings = stream_settings(**{"stream.max_batch": 2000})
     await ensure_topics(settings.kafka)
@@ -32,7 +38,7 @@ async def test_100k_orders_duplicates_reordering_bad_events(stream_settings: Any
     parts = build_parts(settings)
     worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("orders",))
     await run_until(worker, lambda: bool(worker.consumers)
-                    and worker.consumers["orders"].stats.events >= len(traffic.emitted), timeout_s=270)
+                    and worker.consumers["orders"].stats.events >= len(traffic.emitted), timeout_s=800)
     st = worker.consumers["orders"].stats
     assert (st.events, st.dead_letters, st.duplicates) == (len(traffic.emitted), len(traffic.bad),
                                                            len(traffic.duplicates))

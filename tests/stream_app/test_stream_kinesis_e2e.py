@@ -44,7 +44,9 @@ def read_stream(client: Any, stream: str) -> list[bytes]:
     return out
 
 
-async def test_kinesis_end_to_end_with_a_shard_split(stream_settings: Any, moto_server: MotoServer, unique: str) -> None:
+async def test_kinesis_end_to_end_with_a_shard_split(
+    stream_settings: Any, moto_server: MotoServer, unique: str
+) -> None:
     endpoint = moto_server.endpoint_url
     settings = stream_settings(**{
         "stream.source": "kinesis",

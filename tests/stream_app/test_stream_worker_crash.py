@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -68,6 +69,10 @@ def start_worker(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes]
     return proc, port
 
 
+def tail(log: Path) -> str:
+    return log.read_text()[-3000:]
+
+
 def stats(port: int) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as r:
@@ -99,9 +104,9 @@ async def wait_all_decided(bs: str, topic: str, ids: set[str], procs: list[subpr
         if set(decided_ids(await read_all(bs, topic, idle_s=0.3, timeout_s=30))) >= ids:
             return
         for p in procs:
-            assert p.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.5)
-    raise AssertionError(f"not every order was decided in time:\n{log.read_text()[-3000:]}")
+            assert p.poll() is None, tail(log)
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"not every order was decided in time:\n{tail(log)}")
 
 
 async def check_final_state(settings: Settings, traffic: Any, *, strict_marks: bool) -> None:
@@ -119,7 +124,8 @@ async def check_final_state(settings: Settings, traffic: Any, *, strict_marks: b
     by_sha = {sha(raw) for _, raw in traffic.bad}
     assert all(dl.masked or dl.payload_sha256 in by_sha for dl in letters)
     # the aggregates, read from Redis by another client, equal the oracle's
-    reader = settings.model_copy(update={"feature_store": settings.feature_store.model_copy(update={"timeout_ms": 10_000})})
+    patient = settings.feature_store.model_copy(update={"timeout_ms": 10_000})
+    reader = settings.model_copy(update={"feature_store": patient})
     parts = build_parts(reader)
     try:
         at = max(o.event_time for o in traffic.orders) + dt.timedelta(seconds=1)
@@ -176,7 +182,7 @@ async def test_workers_added_and_removed_mid_run(stream_settings: Any, redis_url
         while (stats(port_b) or {}).get("orders", 0) < 200:
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             assert b.poll() is None and a.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         a.send_signal(signal.SIGTERM)  # removed: drains, commits, leaves
         assert a.wait(60) == 0, log.read_text()[-3000:]
         await wait_all_decided(bs, t.decisions, traffic.order_ids, [b], log)
