@@ -168,6 +168,16 @@ async def score_file(
                 warm.append(order)
     target_ids = {o.order_id for o in targets}
     stream = sorted([*warm, *targets], key=lambda o: (o.event_time, o.order_id))
+    # Consecutive runs (in event-time order) of history-only orders are applied to the store without
+    # being decided; runs of orders to score go through the pipeline. Same application order as one
+    # stream, so the features are the same, without scoring the history.
+    runs: list[tuple[bool, list[Order]]] = []
+    for o in stream:
+        scored = o.order_id in target_ids
+        if runs and runs[-1][0] == scored and len(runs[-1][1]) < chunk:
+            runs[-1][1].append(o)
+        else:
+            runs.append((scored, [o]))
     writer = _Writer(output_path, pipeline.store.feature_names)
     bar: Any = None
     if progress:
@@ -175,8 +185,10 @@ async def score_file(
 
         bar = tqdm(total=len(targets), unit="orders", desc="scoring", dynamic_ncols=True)
     try:
-        for start in range(0, len(stream), chunk):
-            part = stream[start : start + chunk]
+        for scored, part in runs:
+            if not scored:
+                await pipeline.store.apply_and_read(part)
+                continue
             decisions = await pipeline.decide(part, source="batch", apply=True, with_reasons=with_reasons)
             mine = [d for d in decisions if d.order_id in target_ids]
             writer.write(mine)
