@@ -87,6 +87,15 @@ int fs_treeshap_row(const float* x, int64_t n_leaves, int64_t width, const int32
   free(rows);
   return 0;
 }
+/* Many rows: x is n_rows × stride (padded rows), phi the same shape, zeroed by the caller. */
+int fs_treeshap_rows(const float* x, int64_t n_rows, int64_t stride, int64_t n_leaves, int64_t width,
+                     const int32_t* feat, const float* lo, const float* hi, const uint8_t* miss, const float* table,
+                     double* phi) {
+  for (int64_t r = 0; r < n_rows; ++r) {
+    if (fs_treeshap_row(x + r * stride, n_leaves, width, feat, lo, hi, miss, table, phi + r * stride) != 0) return -1;
+  }
+  return 0;
+}
 """
 
 
@@ -125,7 +134,11 @@ def load_kernel(cache_dir: Path | None = None) -> Any:
         fn = dll.fs_treeshap_row
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, *([ctypes.c_void_p] * 6)]
-        _kernel = fn
+        many = dll.fs_treeshap_rows
+        many.restype = ctypes.c_int
+        many.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                         *([ctypes.c_void_p] * 6)]
+        _kernel = (fn, many)
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("could not build the TreeSHAP kernel (%s); using the numpy path", exc)
         _kernel = None
@@ -228,11 +241,25 @@ def _table_for_depth(z: np.ndarray, values: np.ndarray, width: int) -> np.ndarra
     return out
 
 
+_pools: dict[int, Any] = {}
+
+
+def _pool(threads: int) -> Any:
+    """A shared thread pool for batch contributions (created on first use)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = _pools.get(threads)
+    if pool is None:
+        pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="treeshap")
+    return pool
+
+
 class TreeShap:
     """Tabulated path-dependent TreeSHAP for one XGBoost ``gbtree`` model."""
 
     def __init__(self, model_json: bytes | str, num_features: int, bias: float,
-                 *, max_table_bytes: int = DEFAULT_MAX_TABLE_BYTES, use_kernel: bool = True) -> None:
+                 *, max_table_bytes: int = DEFAULT_MAX_TABLE_BYTES, use_kernel: bool = True,
+                 threads: int | None = None) -> None:
         doc = json.loads(model_json)
         booster = doc["learner"]["gradient_booster"]
         if booster.get("name") != "gbtree":
@@ -250,6 +277,7 @@ class TreeShap:
                 f"features per path) > {max_table_bytes / 2**20:.0f} MiB"
             )
         self.num_features = num_features
+        self.threads = max(1, threads if threads is not None else (os.cpu_count() or 1))
         self.width = width
         self.bias = bias
         pad = num_features  # index of an always-NaN column, so padded slots never agree
@@ -309,14 +337,27 @@ class TreeShap:
             out[:, :f] = 0.0
             return out
         if self._kernel is not None:
-            phi = np.zeros(f + 1, dtype=np.float64)
+            one, many = self._kernel
             args = (self.n_leaves, self.width, self._feat32.ctypes.data, self.lo.ctypes.data, self.hi.ctypes.data,
                     self._miss8.ctypes.data, self.table.ctypes.data)
-            for r in range(rows):
-                phi[:] = 0.0
-                if self._kernel(padded[r].ctypes.data, *args, phi.ctypes.data) != 0:
-                    raise MemoryError("TreeSHAP kernel: out of memory")
-                out[r, :f] = phi[:f]
+            phi = np.zeros((rows, f + 1), dtype=np.float64)
+            if rows == 1:
+                status = [one(padded.ctypes.data, *args, phi.ctypes.data)]
+            else:
+                # ctypes releases the GIL during the call: split big batches across threads (batch scoring)
+                parts = np.array_split(np.arange(rows), min(self.threads, max(1, rows // 64)))
+
+                def run(idx: np.ndarray) -> int:
+                    lo_, n_ = int(idx[0]), len(idx)
+                    return int(many(padded[lo_].ctypes.data, n_, f + 1, *args, phi[lo_].ctypes.data))
+
+                if len(parts) == 1:
+                    status = [run(parts[0])]
+                else:
+                    status = list(_pool(self.threads).map(run, parts))
+            if any(s != 0 for s in status):
+                raise MemoryError("TreeSHAP kernel: out of memory")
+            out[:, :f] = phi[:, :f]
             return out
         for start in range(0, rows, _ROW_CHUNK):
             chunk = padded[start : start + _ROW_CHUNK]
