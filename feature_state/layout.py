@@ -16,6 +16,7 @@ known ``delay`` after its ``label_time``, so reads happen that far behind the la
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +33,31 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 def field_value(obj: Any, path: str) -> Any:
     """Value at a dotted field path of an order (``payment.card_fingerprint``), or None."""
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
+    return getter(path)(obj)
+
+
+_GETTERS: dict[str, Callable[[Any], Any]] = {}
+
+
+def getter(path: str) -> Callable[[Any], Any]:
+    """A compiled accessor for a dotted path (None when any step is missing)."""
+    fn = _GETTERS.get(path)
+    if fn is None:
+        parts = tuple(path.split("."))
+        if len(parts) == 1:
+            name = parts[0]
+
+            def fn(obj: Any) -> Any:
+                return getattr(obj, name, None)
+        else:
+            def fn(obj: Any) -> Any:
+                for part in parts:
+                    obj = getattr(obj, part, None)
+                    if obj is None:
+                        return None
+                return obj
+        _GETTERS[path] = fn
+    return fn
 
 
 def to_us(order_or_time: Any) -> int:
@@ -165,11 +186,11 @@ class Layout:
         ts = to_us(order)
         out: list[tuple[str, LogEvent]] = []
         for ns in self.order_namespaces:
-            key = ns.key(field_value(order, ns.path))
+            key = ns.key(getter(ns.path)(order))
             if key is None:
                 continue
-            nums = tuple(to_fixed(field_value(order, p)) for p in ns.num_fields)
-            dvals = tuple(_distinct_value(field_value(order, p)) for p in ns.distinct_fields)
+            nums = tuple(to_fixed(getter(p)(order)) for p in ns.num_fields)
+            dvals = tuple(_distinct_value(getter(p)(order)) for p in ns.distinct_fields)
             out.append((key, LogEvent(ts, order.order_id, nums, dvals)))
         return out
 

@@ -28,7 +28,7 @@ import msgspec
 
 from contracts.events import Order
 from feature_state.definitions import AggregateFeature, FeatureSet
-from feature_state.layout import MAX_ID, SCALE, US, Layout, LogEvent, Namespace, field_value
+from feature_state.layout import MAX_ID, SCALE, US, Layout, LogEvent, Namespace, field_value, getter
 
 Features = dict[str, float | None]
 Key = tuple[int, str]
@@ -359,7 +359,7 @@ def read_order(
         cache[ck] = parts
         return parts
 
-    keys = {name: ns.key(field_value(order, ns.path)) for name, ns in layout.namespaces.items()}
+    keys = {name: ns.key(getter(ns.path)(order)) for name, ns in layout.namespaces.items()}
     for f, ns, ons in layout.plan:
         key = keys[ns.name]
         if key is None:
