@@ -195,3 +195,26 @@ def test_redis_keys_share_one_hash_slot_and_expire(make_store: Any, run: Any, re
         assert 0 < ttl <= store.layout.ttl_s * 1000
     finally:
         client.close()
+
+
+def test_crash_between_entity_commits_then_redelivery_is_exactly_once(make_store: Any, run: Any) -> None:
+    """The store dies after committing some entities of a batch; the stream redelivers the batch."""
+    from feature_state.exceptions import FeatureStoreUnavailable
+
+    store = make_store(FS)
+    assert isinstance(store, TiledStore)
+    batch = [order(i, 13 * i, customer_id=f"c{i % 3}") for i in range(9)]
+    original = store._commit
+
+    async def half_then_die(updates: list[Update]) -> list[str]:
+        await original(updates[: len(updates) // 2])
+        raise FeatureStoreUnavailable("connection lost mid-commit")
+
+    store._commit = half_then_die  # type: ignore[method-assign]
+    with pytest.raises(FeatureStoreUnavailable):
+        run(store.apply_batch(batch))
+    store._commit = original  # type: ignore[method-assign]
+    redelivered = run(store.apply_batch(batch))
+    assert redelivered.duplicates > 0 and redelivered.applied > 0
+    assert redelivered.applied + redelivered.duplicates == 9 * 4
+    assert run(store.read_as_of(batch)) == [oracle(FS, batch, [], o) for o in batch]
