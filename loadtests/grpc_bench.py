@@ -260,7 +260,7 @@ def stage_breakdown(before: dict[Any, float], after: dict[Any, float]) -> dict[s
 # ------------------------------------------------------------------------------------------ main
 
 
-def plot(echo: list[float], score: list[float], path: Path, rate: float) -> None:
+def plot(echo: list[float], score: list[float], path: Path, rate: float, store: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,7 +272,7 @@ def plot(echo: list[float], score: list[float], path: Path, rate: float) -> None
     s = [np.percentile(np.asarray(score) * 1000, q) for q in qs]
     x = np.arange(len(qs))
     ax1.bar(x - 0.2, e, 0.4, label="echo server")
-    ax1.bar(x + 0.2, s, 0.4, label="Score (Redis features, model, rules, reasons)")
+    ax1.bar(x + 0.2, s, 0.4, label=f"Score ({store} features, model, rules, reasons)")
     ax1.set_xticks(x, [f"p{q}" for q in qs])
     ax1.set_ylabel("latency (ms)")
     ax1.set_title(f"open loop, {rate:.0f} requests/s")
@@ -399,7 +399,7 @@ async def bench(args: argparse.Namespace) -> int:
         out = ROOT / "reports"
         out.mkdir(exist_ok=True)
         (out / f"{args.out}.json").write_text(json.dumps(report, indent=2))
-        plot(echo_lat, score_lat, out / f"{args.out}.png", args.rate)
+        plot(echo_lat, score_lat, out / f"{args.out}.png", args.rate, args.store)
         print(json.dumps(report, indent=2))
         print(f"\nScore p99 {s['p99_ms']:.2f} ms vs echo p99 {e['p99_ms']:.2f} ms at {args.rate:.0f} rps: "
               f"ratio {ratio:.2f} (target ≤ 2.0) → {'MET' if met else 'NOT MET'}"
