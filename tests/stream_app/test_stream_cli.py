@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ PAN = "4111 1111 1111 1111"
 
 @pytest.fixture
 def cli_env(monkeypatch: pytest.MonkeyPatch, kafka_broker: KafkaBroker, unique: str, tmp_path: Any) -> dict[str, str]:
-    for k in list(__import__("os").environ):
+    for k in list(os.environ):
         if k.startswith("FRAUDSCORE"):
             monkeypatch.delenv(k)
     env = {"KAFKA_BOOTSTRAP": kafka_broker.bootstrap, "FRAUDSCORE_DATA_DIR": str(tmp_path / "data"),
@@ -48,7 +49,7 @@ def test_dlq_inspect_and_replay(cli_env: dict[str, str], capsys: pytest.CaptureF
     assert main(["dlq", "inspect"]) == 0
     assert "empty" in capsys.readouterr().out
     good_later = b'{"order_id": "o-1", "amount": 1}'
-    with_pan = ('{"order_id": "o-2", "device_id": "%s"}' % PAN).encode()
+    with_pan = b'{"order_id": "o-2", "device_id": "' + PAN.encode() + b'"}'
     letters = [
         dead_letter(ValueError("store bug"), good_later, topic=orders, partition=0, offset=7, key=b"c-1",
                     stage="processing"),
