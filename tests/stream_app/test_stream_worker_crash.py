@@ -73,6 +73,12 @@ def tail(log: Path) -> str:
     return log.read_text()[-3000:]
 
 
+def http_get(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        body: bytes = r.read()
+        return body
+
+
 def stats(port: int) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as r:
@@ -183,6 +189,10 @@ async def test_workers_added_and_removed_mid_run(stream_settings: Any, redis_url
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             assert b.poll() is None and a.poll() is None, log.read_text()[-3000:]
             await asyncio.sleep(0.1)
+        health = json.loads(http_get(port_b, "/healthz"))
+        assert health["status"] == "ok" and health["orders"]["assigned"], health
+        prom = http_get(port_b, "/metrics").decode()
+        assert "fraudscore_stream_events_total" in prom and "fraudscore_consumer_lag" in prom
         a.send_signal(signal.SIGTERM)  # removed: drains, commits, leaves
         assert a.wait(60) == 0, log.read_text()[-3000:]
         await wait_all_decided(bs, t.decisions, traffic.order_ids, [b], log)
