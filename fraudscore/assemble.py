@@ -56,7 +56,7 @@ def runtime_options(settings: Settings, *, batch_threads: int = 1) -> RuntimeOpt
     )
 
 
-def build_models(settings: Settings, features: FeatureSet, *, background_compile: bool = True,
+def build_models(settings: Settings, features: FeatureSet, *, background_compile: bool = False,
                  batch_threads: int = 1) -> ModelHolder:
     models = ModelHolder(
         settings.models_dir, features.names, pinned=settings.scoring.model_version,
@@ -67,7 +67,9 @@ def build_models(settings: Settings, features: FeatureSet, *, background_compile
     return models
 
 
-def build_parts(settings: Settings, *, background_compile: bool = True) -> Parts:
+def build_parts(settings: Settings, *, background_compile: bool = False) -> Parts:
+    """The platform's parts. ``background_compile``: let ``scoring.runtime: auto`` build the compiled runtime
+    in the background — worth it only in processes that score single orders (gRPC ``serve``, ``up``)."""
     features = load_feature_set(settings.feature_store.definitions)
     store = create_store(settings.feature_store, features)
     models = build_models(settings, features, background_compile=background_compile)

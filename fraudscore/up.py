@@ -135,7 +135,7 @@ async def run_platform(
         await ensure_topics(settings.kafka)
         version = await asyncio.to_thread(ensure_model, settings, out)
         print(f"model {version} is the champion", file=out, flush=True)
-        parts = build_parts(settings)
+        parts = build_parts(settings, background_compile=True)  # gRPC answers single orders: compile
         metrics_server = MetricsServer(settings.metrics.host, settings.metrics.port, parts.health).start()
         worker = OrdersWorker(settings, parts.pipeline, parts.store)
         summary = Summary()

@@ -95,7 +95,7 @@ async def _serve_one(settings: Settings, worker_index: int, publish: bool) -> in
     from monitoring.http import MetricsServer
     from scoring.serve import serve_grpc
 
-    parts = build_parts(settings)
+    parts = build_parts(settings, background_compile=True)
     metrics_server = MetricsServer(settings.metrics.host, settings.metrics.port + worker_index, parts.health).start()
     sink: Any = None
     closers: list[Any] = []

@@ -5,8 +5,11 @@ Runtime choice (``scoring.runtime``):
 * ``native`` — XGBoost in-process;
 * ``compiled`` — the tl2cgen library, built before the model serves; if building, loading or the
   parity check fails, the native runtime serves instead (logged, ``fraudscore_model_runtime``);
-* ``auto`` (default) — the native runtime serves at once while the library is built in a background
-  thread; once it passes the parity check it replaces the native one (a hot swap, no request lost);
+* ``auto`` (default) — the native runtime serves at once; in processes that answer single orders
+  (``serve``, ``up``: ``background_compile=True``) the library is built in a background thread and,
+  once it passes the parity check, replaces the native one (a hot swap, no request lost). Batch-only
+  processes (stream workers, ``fraudscore score``) stay native: batches of 32+ rows use XGBoost's
+  batch predict anyway;
 * ``sagemaker`` — a SageMaker endpoint (``scoring.sagemaker_endpoint``); the manifest still comes
   from the local registry.
 
@@ -145,9 +148,8 @@ class ModelHolder:
     # -- loading ---------------------------------------------------------------------------------
 
     def _load(self, version: str) -> ModelRuntime:
-        auto = self.options.runtime == "auto"
         return load_model(self.models_dir, version, self.feature_names, self.options,
-                          compile_now=(self.options.runtime == "compiled") or (auto and not self.background_compile))
+                          compile_now=self.options.runtime == "compiled")
 
     def _maybe_compile(self, runtime: ModelRuntime, role: str) -> None:
         if self.options.runtime != "auto" or not self.background_compile or not isinstance(runtime, NativeRuntime):
