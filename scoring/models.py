@@ -141,7 +141,8 @@ class ModelHolder:
         self.shadows: dict[str, ModelRuntime] = {}
         self.last_error: str | None = None
         self.shadow_errors: dict[str, str] = {}
-        self._tried: dict[str, str] = {}  # version -> error, so a bad version is not retried every tick
+        # (version, files' stamp) -> error: a refused version is retried only once its files change
+        self._tried: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
         self._lock = threading.Lock()
         self._compiling: set[str] = set()
 
@@ -199,6 +200,15 @@ class ModelHolder:
 
     # -- refresh ---------------------------------------------------------------------------------
 
+    def _stamp(self, version: str) -> tuple[tuple[str, int, int], ...]:
+        """(name, size, mtime_ns) of the version's files: changes when a refused version is repaired."""
+        vdir = self.models_dir / version
+        try:
+            return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in vdir.iterdir()
+                                if p.is_file() for st in [p.stat()]))
+        except OSError:
+            return ()
+
     def wanted(self) -> str | None:
         return self.pinned or champion_version(self.models_dir)
 
@@ -207,11 +217,13 @@ class ModelHolder:
         changed = False
         wanted = self.wanted()
         current = self.current
-        if wanted is not None and (current is None or current.version != wanted) and wanted not in self._tried:
+        stamp = (wanted, self._stamp(wanted)) if wanted is not None else None
+        if wanted is not None and stamp is not None and (current is None or current.version != wanted) \
+                and stamp not in self._tried:
             try:
                 model = self._load(wanted)
             except (ModelArtifactError, ScoringError) as exc:
-                self._tried[wanted] = str(exc)
+                self._tried[stamp] = str(exc)
                 self.last_error = str(exc)
                 metrics.RELOAD_REFUSED.labels("model").inc()
                 log.error("refused model %s: %s (still serving %s)", wanted, exc,

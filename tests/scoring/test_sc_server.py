@@ -291,3 +291,21 @@ async def test_reasons_only_for_non_allow_when_configured(grpc_server: Any, chan
             assert not r.reasons
         else:
             assert r.reasons and all(x.contribution > 0 for x in r.reasons)
+
+
+async def test_refused_version_is_retried_once_repaired(registry: tuple[Path, str], feature_set: Any) -> None:
+    from scoring.models import ModelHolder
+    from training.registry import promote
+
+    models, v1 = registry
+    holder = ModelHolder(models, feature_set.names)
+    holder.refresh()
+    v2 = _second_version(models, feature_set.names)
+    good = (models / v2 / "model.ubj").read_bytes()
+    (models / v2 / "model.ubj").write_bytes(good[:-10])  # a half-copied file
+    (models / "champion").write_text(v2 + "\n")
+    assert holder.refresh() is False and holder.current is not None and holder.current.version == v1
+    assert holder.refresh() is False  # not retried while nothing changed
+    (models / v2 / "model.ubj").write_bytes(good)  # the copy completes
+    promote(models, v2, reason="repaired")
+    assert holder.refresh() is True and holder.current is not None and holder.current.version == v2
