@@ -217,9 +217,9 @@ class ModelHolder:
         changed = False
         wanted = self.wanted()
         current = self.current
-        stamp = (wanted, self._stamp(wanted)) if wanted is not None else None
-        if wanted is not None and stamp is not None and (current is None or current.version != wanted) \
-                and stamp not in self._tried:
+        changed_wanted = wanted is not None and (current is None or current.version != wanted)
+        stamp = (wanted, self._stamp(wanted)) if changed_wanted and wanted is not None else None
+        if wanted is not None and stamp is not None and stamp not in self._tried:
             try:
                 model = self._load(wanted)
             except (ModelArtifactError, ScoringError) as exc:
