@@ -80,7 +80,7 @@ def load_model(
             timeout_s=opts.sagemaker_timeout_s, max_attempts=opts.sagemaker_max_attempts,
             contributions=opts.sagemaker_contributions,
         )
-    native = NativeRuntime(version_dir, manifest)
+    native = NativeRuntime(version_dir, manifest, cache_dir=opts.cache_dir)
     MODEL_LOAD_SECONDS.observe(time.perf_counter() - t0)
     if compile_now is None:
         compile_now = opts.runtime == "compiled"

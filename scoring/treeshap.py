@@ -100,7 +100,7 @@ int fs_treeshap_rows(const float* x, int64_t n_rows, int64_t stride, int64_t n_l
 
 
 def _kernel_dir() -> Path:
-    return Path(os.environ.get("FRAUDSCORE_CACHE_DIR") or Path(tempfile.gettempdir()) / "fraudscore-cache")
+    return Path(tempfile.gettempdir()) / "fraudscore-cache"
 
 
 _kernel: Any = None
@@ -108,7 +108,10 @@ _kernel_tried = False
 
 
 def load_kernel(cache_dir: Path | None = None) -> Any:
-    """The compiled per-row kernel (built once per source hash), or None without a C compiler."""
+    """The compiled kernel (built once per source hash under ``cache_dir``), or None without a C compiler.
+
+    The first successful call decides for the process (the library is the same for every model).
+    """
     global _kernel, _kernel_tried
     if _kernel_tried:
         return _kernel
@@ -259,7 +262,7 @@ class TreeShap:
 
     def __init__(self, model_json: bytes | str, num_features: int, bias: float,
                  *, max_table_bytes: int = DEFAULT_MAX_TABLE_BYTES, use_kernel: bool = True,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, kernel_dir: Path | None = None) -> None:
         doc = json.loads(model_json)
         booster = doc["learner"]["gradient_booster"]
         if booster.get("name") != "gbtree":
@@ -304,7 +307,7 @@ class TreeShap:
         self._flat_feat = self.feat.ravel()
         self._feat32 = np.ascontiguousarray(self.feat, dtype=np.int32)
         self._miss8 = np.ascontiguousarray(self.miss, dtype=np.uint8)
-        self._kernel = load_kernel() if use_kernel and width > 0 else None
+        self._kernel = load_kernel(kernel_dir) if use_kernel and width > 0 else None
 
     @property
     def uses_kernel(self) -> bool:

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class NativeRuntime(ModelRuntime):
     kind = "native"
 
-    def __init__(self, version_dir: Path, manifest: Manifest, *, fast_reasons: bool = True) -> None:
+    def __init__(self, version_dir: Path, manifest: Manifest, *, fast_reasons: bool = True,
+                 cache_dir: Path | None = None) -> None:
         self.version = manifest.version
         self.feature_names = manifest.feature_names
         self.model_path = version_dir / manifest.model_file
@@ -45,7 +46,7 @@ class NativeRuntime(ModelRuntime):
             probe = np.full((1, n), np.nan, dtype=np.float32)
             bias = float(self._xgb_contributions(probe)[0, -1])
             try:
-                self.treeshap = TreeShap(bytes(self.booster.save_raw("json")), n, bias)
+                self.treeshap = TreeShap(bytes(self.booster.save_raw("json")), n, bias, kernel_dir=cache_dir)
             except TreeShapUnsupported as exc:
                 self.treeshap_error = str(exc)
                 log.warning("model %s: fast reasons unavailable (%s); using XGBoost pred_contribs", self.version, exc)
