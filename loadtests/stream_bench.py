@@ -105,7 +105,7 @@ class NullStore:
 
 
 async def pipeline_run(settings, n: int, *, live_rate: float = 0.0, live_s: float = 0.0,
-                       live_records: list | None = None, ablation: str = "full", group: str | None = None) -> dict:
+                       live_records: bool = False, ablation: str = "full", group: str | None = None) -> dict:
     import functools
 
     from fraudscore.assemble import build_parts
@@ -143,24 +143,15 @@ async def pipeline_run(settings, n: int, *, live_rate: float = 0.0, live_s: floa
         proc = worker.orders_processor
         assert proc is not None
         proc.recent_freshness_ms.clear()
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, linger_ms=1)
-        await producer.start()
-        t0 = time.perf_counter()
-        sent = 0
-        step = max(1, int(live_rate / 100))  # 100 sends of `step` orders per second
-        for i in range(0, len(live_records), step):
-            due = t0 + i / live_rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            for k, v in live_records[i:i + step]:
-                await producer.send(settings.kafka.topics.orders, v, key=k)
-            sent += len(live_records[i:i + step])
-        await producer.flush()
-        achieved = sent / (time.perf_counter() - t0)
-        await producer.stop()
-        target = n + len(live_records)
-        deadline = time.perf_counter() + 60
+        # The load generator runs in its own process so it does not share this event loop / core.
+        gen = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--produce-live", settings.kafka.bootstrap, settings.kafka.topics.orders,
+            str(live_rate), str(live_s), stdout=asyncio.subprocess.PIPE,
+        )
+        stdout, _ = await gen.communicate()
+        achieved = float(stdout.decode().strip().splitlines()[-1])
+        target = n + int(live_rate * live_s)
+        deadline = time.perf_counter() + 120
         while worker.consumers["orders"].stats.events < target and time.perf_counter() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         samples = sorted(proc.recent_freshness_ms)
@@ -176,7 +167,31 @@ async def pipeline_run(settings, n: int, *, live_rate: float = 0.0, live_s: floa
     return out
 
 
+async def produce_live(bootstrap: str, topic: str, rate: float, seconds: float) -> None:
+    """Child process of the freshness run: produce live orders at ``rate``/s; print the achieved rate."""
+    from streamkit import make_traffic
+
+    records = make_traffic(int(rate * seconds), seed=3, customers=10_000, duplicate_rate=0, reorder_window_s=0,
+                           rate_per_s=50, prefix=f"live{int(time.time())}").emitted
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    await producer.start()
+    step = max(1, int(rate / 200))  # 200 sends of `step` orders per second
+    t0 = time.perf_counter()
+    for i in range(0, len(records), step):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for k, v in records[i:i + step]:
+            await producer.send(topic, v, key=k)
+    await producer.flush()
+    print(len(records) / (time.perf_counter() - t0), flush=True)
+    await producer.stop()
+
+
 async def main() -> int:
+    if len(sys.argv) == 6 and sys.argv[1] == "--produce-live":
+        await produce_live(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--orders", type=int, default=100_000)
     ap.add_argument("--partitions", type=int, default=4)
@@ -219,15 +234,13 @@ async def main() -> int:
         await ensure_topics(settings.kafka)
         traffic = make_traffic(args.orders, seed=2, customers=max(1000, args.orders // 10), duplicate_rate=0,
                                reorder_window_s=0, rate_per_s=50)
-        live = make_traffic(int(args.rate * args.seconds), seed=3, customers=max(1000, args.orders // 10),
-                            duplicate_rate=0, reorder_window_s=0, rate_per_s=50, prefix="live")
         t = settings.kafka.topics
         prod_s = await produce(bootstrap, t.orders, traffic.emitted)
         print(f"pre-produced {len(traffic.emitted):,} orders in {prod_s:.1f}s ({len(traffic.emitted) / prod_s:,.0f}/s)")
         base = await baseline(bootstrap, t.orders, f"bench-sink-{run}", len(traffic.emitted), f"bench-base-{run}")
         print(f"baseline  plain aiokafka consume+produce: {base:,.0f} events/s")
         pipe = await pipeline_run(settings, len(traffic.emitted), live_rate=args.rate, live_s=args.seconds,
-                                  live_records=live.emitted)
+                                  live_records=True)
         ratio = pipe["orders_per_s"] / base
         print(f"pipeline  orders → decisions + actions ({pipe['store']} store, model {pipe['model']}): "
               f"{pipe['orders_per_s']:,.0f} orders/s")
