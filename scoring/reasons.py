@@ -44,6 +44,8 @@ def describe(feature: str, value: float | None) -> str:
         return f"{what} countries differ" if value else f"{what} countries match"
     if feature == "amount_to_customer_mean_30d":
         return f"amount is {v}× the customer's 30-day average"
+    if feature == "amount":
+        return f"order amount {v}"
     if feature == "account_age_days":
         return f"account is {v} days old"
     if feature == "hour_of_day":
