@@ -87,14 +87,32 @@ def _parquet_rows(decisions: list[Decision], feature_names: list[str]) -> list[d
     rows = []
     for d in decisions:
         b = to_builtins(d)
-        row = {k: v for k, v in b.items() if k not in ("matched_rules", "reasons", "shadow", "degraded_reasons",
-                                                          "features")}
-        for k in ("matched_rules", "reasons", "shadow", "degraded_reasons"):
+        row = {k: v for k, v in b.items() if k not in (*_JSON_FIELDS, "features")}
+        for k in _JSON_FIELDS:
             row[k] = json.dumps(b[k])
         for name in feature_names:
             row[f"feature.{name}"] = d.features.get(name)
         rows.append(row)
     return rows
+
+
+_JSON_FIELDS = ("matched_rules", "reasons", "shadow", "degraded_reasons")
+
+
+def parquet_schema(feature_names: list[str]) -> Any:
+    """A fixed schema, so a chunk where a column happens to be all-null still matches the others."""
+    import pyarrow as pa
+
+    types: dict[str, Any] = {
+        "order_id": pa.string(), "decision": pa.string(), "score": pa.float64(), "model_version": pa.string(),
+        "ruleset_version": pa.string(), "degraded": pa.bool_(), "latency_ms": pa.float64(),
+        "event_time": pa.string(), "decided_at": pa.string(), "customer_id": pa.string(), "amount": pa.float64(),
+        "source": pa.string(), "schema_version": pa.int64(),
+    }
+    fields = [pa.field(k, t) for k, t in types.items()]
+    fields += [pa.field(k, pa.string()) for k in _JSON_FIELDS]
+    fields += [pa.field(f"feature.{n}", pa.float64()) for n in feature_names]
+    return pa.schema(fields)
 
 
 class _Writer:
@@ -116,10 +134,11 @@ class _Writer:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(_parquet_rows(decisions, self.feature_names))
+        schema = parquet_schema(self.feature_names)
+        table = pa.Table.from_pylist(_parquet_rows(decisions, self.feature_names), schema=schema)
         if self._pq is None:
-            self._pq = pq.ParquetWriter(self.path, table.schema)
-        self._pq.write_table(table.cast(self._pq.schema))
+            self._pq = pq.ParquetWriter(self.path, schema)
+        self._pq.write_table(table)
 
     def close(self) -> None:
         if self._f is not None:

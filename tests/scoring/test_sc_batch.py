@@ -79,11 +79,13 @@ def test_parquet_in_and_out(registry: tuple[Path, str], tmp_path: Path, sample_o
 
     models, _ = registry
     rows = [to_builtins(o) for o in sample_orders[:50]]
-    for r in rows:
+    for i, r in enumerate(rows):
         r.pop("items", None)
+        if i < 5:  # the first chunk has no account age at all: an all-null column must not fix its type
+            r.pop("account_created_at", None)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "orders.parquet")
     out = tmp_path / "decisions.parquet"
-    assert _score(models.parent, "--input", str(tmp_path / "orders.parquet"), "--output", str(out)) == 0
+    assert _score(models.parent, "--input", str(tmp_path / "orders.parquet"), "--output", str(out), "--chunk", "5") == 0
     table = pq.read_table(out)
     assert table.num_rows == 50
     assert "feature.amount" in table.column_names and "score" in table.column_names
