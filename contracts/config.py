@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from contracts.exceptions import ConfigError
 
@@ -159,6 +159,14 @@ class ScoringSettings(_Section):
         True, description="ask the endpoint for contributions (fraudscore's container gives them; AWS's ignores it)"
     )
     sagemaker_port: int = Field(8080, ge=1, le=65535, description="`serve --sagemaker`: HTTP port (SageMaker: 8080)")
+
+    @field_validator("auth_tokens", "shadow_models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """Environment variables carry lists as ``a,b,c`` (FRAUDSCORE__SCORING__AUTH_TOKENS=tok1,tok2)."""
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
 
 
 class RulesSettings(_Section):

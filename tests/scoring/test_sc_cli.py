@@ -41,3 +41,13 @@ def test_help_has_examples(cmd: list[str], capsys: pytest.CaptureFixture[str]) -
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "example" in out and "fraudscore" in out
+
+
+def test_tokens_and_shadows_from_the_environment() -> None:
+    from contracts.config import load_settings
+
+    sc = load_settings(environ={"FRAUDSCORE__SCORING__AUTH_TOKENS": "tok1, tok2",
+                                "FRAUDSCORE__SCORING__SHADOW_MODELS": "m1,m2"}).scoring
+    assert [t.get_secret_value() for t in sc.auth_tokens] == ["tok1", "tok2"]
+    assert sc.shadow_models == ("m1", "m2")
+    assert "tok1" not in repr(sc)  # secrets never in a repr
