@@ -36,7 +36,6 @@ import math
 import time
 from collections.abc import Sequence
 
-import msgspec
 import numpy as np
 
 from contracts.events import Decision, Order, Reason, RuleMatch
@@ -44,7 +43,7 @@ from feature_state.exceptions import FeatureStoreUnavailable
 from feature_state.stores.base import FeatureStore
 from feature_state.windows import Features, derive
 from monitoring import metrics
-from rules.engine import RuleOutcome, evaluate
+from rules.engine import RuleOutcome, evaluate, evaluate_batch
 from rules.reload import RulesHolder
 from scoring.exceptions import ScoringError
 from scoring.models import ModelHolder
@@ -233,16 +232,21 @@ class DecisionPipeline:
         ruleset = self.rules.current
         if ruleset is None:
             degraded.append("rules_unavailable")
-        outcomes: list[RuleOutcome | None] = []
-        for order, f, s in zip(orders, feats, scores, strict=True):
-            if ruleset is None:
-                outcomes.append(None)
-                continue
-            result = evaluate(ruleset, msgspec.to_builtins(order), f, s)
-            for m in result.matched:
-                if m.error:
-                    metrics.RULE_ERRORS.labels(m.name).inc()
-            outcomes.append(result)
+        outcomes: list[RuleOutcome | None]
+        if ruleset is None:
+            outcomes = [None] * n
+        else:
+            # the `model` rule variable: the version that produced the scores (None when nothing scored)
+            scored_by = model.version if model is not None and any(s is not None for s in scores) else None
+            if n == 1:  # the gRPC path: the CEL runtime on the order struct, no dict conversion
+                results = [evaluate(ruleset, orders[0], feats[0], scores[0], model=scored_by)]
+            else:  # stream and batch: column-wise, same answers (the rules package tests the equivalence)
+                results = evaluate_batch(ruleset, orders, feats, scores, model=scored_by)
+            for result in results:
+                for m in result.matched:
+                    if m.error:
+                        metrics.RULE_ERRORS.labels(m.name).inc()
+            outcomes = list(results)
         t3 = time.perf_counter()
         no_score = all(s is None for s in scores)
         if ruleset is None and no_score:
