@@ -21,8 +21,8 @@ the next finer level's tiles, down to the exact event log for the current minute
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -257,20 +257,28 @@ def _fval(v: int) -> float:
     return float(v) / float(SCALE)
 
 
-def aggregate(ns: Namespace, feature: AggregateFeature, tiles: Iterable[Tile]) -> float | None:
+def aggregate(ns: Namespace, feature: AggregateFeature, tiles: Sequence[Tile]) -> float | None:
     """One aggregate feature from the tiles of its window."""
     agg = feature.aggregation
     if agg == "count":
-        return float(sum(t.n for t in tiles))
+        total = 0
+        for t in tiles:
+            total += t.n
+        return float(total)
     if agg == "distinct_count":
         j = ns.distinct_fields.index(feature.field or "")
+        if len(tiles) == 1:
+            return float(len(tiles[0].d[j]))
         seen: set[str] = set()
         for t in tiles:
             seen |= t.d[j]
         return float(len(seen))
     i = ns.num_fields.index(feature.field or "")
     if agg == "sum":
-        return _fval(sum(t.s[i] for t in tiles))
+        acc = 0
+        for t in tiles:
+            acc += t.s[i]
+        return _fval(acc)
     live = [t for t in tiles if t.c[i]]
     if not live:
         return None
@@ -337,6 +345,8 @@ def read_order(
     self_tiles: dict[str, Tile | None] = {}
     empty = EntityState()
 
+    lkey = (ts, MAX_ID)
+
     def tiles_for(ns: Namespace, key: str, res: int, n: int, label: bool) -> list[Tile]:
         ck = (key, res, n, label)
         hit = cache.get(ck)
@@ -345,17 +355,27 @@ def read_order(
         view = views.get(key)
         state = view.state if view is not None else empty
         log = view.log if view is not None else None
-        lk = (key, res)
-        idx = sorted_levels.get(lk)
-        if idx is None:
-            idx = sorted_levels[lk] = sorted(state.tiles.get(res, ()))
-        parts = window_tiles(ns, state, res, n, (ts, MAX_ID) if label else okey, log, idx)
+        rkey = lkey if label else okey
+        level = state.tiles.get(res)
+        parts: list[Tile]
+        if not level:
+            parts = []
+        else:
+            lk = (key, res)
+            idx = sorted_levels.get(lk)
+            if idx is None:
+                idx = sorted_levels[lk] = sorted(level)
+            if (state.wm, state.wm_id) <= rkey:  # in order: every applied event is at or before rkey
+                h = ts // (res * US)
+                parts = [level[i] for i in idx[bisect_left(idx, h - n + 1) : bisect_right(idx, h)]]
+            else:
+                parts = window_tiles(ns, state, res, n, rkey, log, idx)
         if not label and self_events is not None and key in self_events:
             if key not in self_tiles:
                 self_tiles[key] = None if is_applied(ns, state, okey, log) else _event_tile(ns, self_events[key])
             own = self_tiles[key]
             if own is not None:
-                parts = [*parts, own]
+                parts.append(own)
         cache[ck] = parts
         return parts
 
