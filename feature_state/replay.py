@@ -236,10 +236,32 @@ def _replay(
             columns_cache[path] = column(uniq, path)
         return columns_cache[path]
 
+    raw_arrays: dict[str, pa.Array] = {}
+    null_arrays: dict[str, pa.Array] = {}
+    code_arrays: dict[str, np.ndarray] = {}
+
+    def raw_strings(path: str) -> pa.Array:
+        """The column as Arrow strings ("" kept), converted once per path."""
+        if path not in raw_arrays:
+            raw_arrays[path] = _any_strings(values_of(path))
+        return raw_arrays[path]
+
+    def strings(path: str) -> pa.Array:
+        """The column as Arrow strings with "" as null (entity values, distinct values)."""
+        if path not in null_arrays:
+            arr = raw_strings(path)
+            null_arrays[path] = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+        return null_arrays[path]
+
+    def codes_of(path: str) -> np.ndarray:
+        if path not in code_arrays:
+            code_arrays[path] = _encode(strings(path))
+        return code_arrays[path]
+
     def group_for(entity: str) -> _Group:
         if entity not in groups:
-            arr = _strings(values_of(features.entities[entity]))
-            codes = _encode(arr)
+            path = features.entities[entity]
+            arr, codes = strings(path), codes_of(path)
             entity_codes[entity] = (arr, codes)
             groups[entity] = _Group(rows, codes, ts, rank)
         return groups[entity]
@@ -263,7 +285,7 @@ def _replay(
 
     def distinct_codes(path: str) -> np.ndarray:
         if path not in distinct_cache:
-            distinct_cache[path] = _codes(values_of(path))[0]
+            distinct_cache[path] = codes_of(path)
         return distinct_cache[path]
 
     label_frauds = _label_events(features, uniq, labels, fill_label_entities)
@@ -285,7 +307,7 @@ def _replay(
             out[g.rows] = _order_aggregate(f, g, lo, hi, numeric, distinct_codes)
         cols[f.name] = out
     for d in features.derived:
-        cols[d.name] = _derived(d, uniq, ts, cols, group_for, values_of)
+        cols[d.name] = _derived(d, uniq, ts, cols, group_for, values_of, raw_strings)
     cols.pop("__local", None)
     return ReplayResult(ids, features.names, cols, keep)
 
@@ -375,7 +397,8 @@ def _label_counts(f: AggregateFeature, g: _Group, events: dict[str, dict[str, in
 
 
 def _derived(
-    d: Any, orders: Sequence[Order], ts: np.ndarray, cols: dict[str, np.ndarray], group_for: Any, values_of: Any
+    d: Any, orders: Sequence[Order], ts: np.ndarray, cols: dict[str, np.ndarray], group_for: Any, values_of: Any,
+    raw_strings: Any,
 ) -> np.ndarray:
     n = len(orders)
     p = d.params
@@ -414,7 +437,7 @@ def _derived(
         night = (hours >= start) & (hours < end) if start <= end else (hours >= start) | (hours < end)
         return night.astype(np.float64)
     if d.kind == "mismatch":
-        a, b = (_any_strings(values_of(f)) for f in p["fields"])
+        a, b = (raw_strings(f) for f in p["fields"])
         neq = pc.not_equal(a, b)  # null when either side is missing
         return np.asarray(pc.cast(neq, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
     if d.kind == "seconds_since_previous":
