@@ -106,6 +106,9 @@ def merge(into: BatchResult, part: BatchResult) -> None:
     into.skipped += part.skipped
     for k, v in part.decisions.items():
         into.decisions[k] = into.decisions.get(k, 0) + v
+    for p, ts in part.event_time.items():
+        if ts > into.event_time.get(p, -1.0):
+            into.event_time[p] = ts
 
 
 async def process_chunked(records: Sequence[SourceRecord], processor: BatchProcessor, chunk: int) -> BatchResult:
@@ -172,10 +175,14 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         smetrics.REBALANCES.labels("revoked").inc(len(revoked))
         for tp in revoked:
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(0)
+            self.owner.paused.discard(tp)
+            self.owner.event_time.pop(tp, None)
+            self.owner.next_offset.pop(tp, None)
         log.info("%s: partitions revoked: %s", self.owner.name, sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         smetrics.REBALANCES.labels("assigned").inc(len(assigned))
+        self.owner.paused.difference_update(assigned)  # a new assignment starts unpaused
         self.owner.stats.assigned = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
         log.info("%s: partitions assigned: %s", self.owner.name, sorted(tp.partition for tp in assigned))
 
@@ -204,6 +211,12 @@ class KafkaBatchConsumer:
         self.stopping = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.chunk = AdaptiveChunk(settings.stream.max_batch)
+        # Event-time alignment: a partition more than this far ahead of the slowest lagging one is
+        # paused, so catching up on a backlog does not turn cross-partition entities' events late.
+        self.max_skew_s = settings.feature_store.allowed_lateness_s / 2
+        self.event_time: dict[TopicPartition, float] = {}
+        self.next_offset: dict[TopicPartition, int] = {}
+        self.paused: set[TopicPartition] = set()
 
     def stop(self) -> None:
         """Finish the current batch, commit it, leave the group."""
@@ -302,3 +315,39 @@ class KafkaBatchConsumer:
             hw = consumer.highwater(tp)
             if hw is not None:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, hw - offsets[tp]))
+        self.next_offset.update(offsets)
+        for tp in nxt:
+            ts = result.event_time.get(tp.partition)
+            if ts is not None:
+                self.event_time[tp] = ts
+        self._align(consumer, assigned)
+
+    def _align(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """Pause partitions whose event time ran ahead of the slowest partition that still has a backlog.
+
+        Live traffic keeps partitions within seconds of each other and nothing is paused. When a
+        backlog is consumed (after an outage, a replay) one partition can race hours ahead; entities
+        shared across partitions (card, device, merchant) would then see the other partitions'
+        orders as late. The slowest lagging partition is never paused, so progress is guaranteed.
+        """
+        behind: dict[TopicPartition, float] = {}
+        for tp in assigned:
+            hw = consumer.highwater(tp)
+            pos = self.next_offset.get(tp)
+            ts = self.event_time.get(tp)
+            if hw is not None and pos is not None and ts is not None and hw > pos:
+                behind[tp] = ts
+        floor = min(behind.values(), default=None)
+        for tp in list(self.paused):
+            if tp not in assigned or floor is None or self.event_time.get(tp, floor) <= floor + self.max_skew_s:
+                self.paused.discard(tp)
+                if tp in assigned:
+                    consumer.resume(tp)
+        if floor is None:
+            return
+        for tp, ts in behind.items():
+            if ts > floor + self.max_skew_s and tp not in self.paused:
+                self.paused.add(tp)
+                consumer.pause(tp)
+                log.info("%s: pausing %s[%d]: %.0fs ahead of the slowest partition", self.name, tp.topic,
+                         tp.partition, ts - floor)

@@ -93,6 +93,8 @@ class BatchResult:
     dead_letters: int = 0
     skipped: int = 0
     decisions: dict[str, int] = field(default_factory=dict)
+    #: latest event time (epoch s) seen per source partition (for event-time alignment)
+    event_time: dict[int | str, float] = field(default_factory=dict)
 
 
 class _Failures:
@@ -160,6 +162,7 @@ class OrdersProcessor:
         recs: list[SourceRecord] = []
         first: dict[str, int] = {}
         repeats: list[int] = []
+        seen = result.event_time
         for rec in records:
             try:
                 order = decode_order(rec.value)
@@ -169,6 +172,9 @@ class OrdersProcessor:
             except ContractError as exc:
                 fail(exc, rec, "decode")
                 continue
+            ts = order.event_time.timestamp()
+            if ts > seen.get(rec.partition, -1.0):
+                seen[rec.partition] = ts
             idx = first.get(order.order_id)
             if idx is None:
                 first[order.order_id] = len(orders)
