@@ -86,7 +86,8 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if settings.stream.source == "kinesis" and "labels" in roles and settings.stream.kinesis_labels_stream is None:
         roles.remove("labels")
-    if settings.stream.source == "kafka" or settings.stream.sink != "kinesis":
+    sink = settings.stream.source if settings.stream.sink == "auto" else settings.stream.sink
+    if settings.stream.source == "kafka" or sink == "kafka":
         asyncio.run(ensure_topics(settings.kafka))
     parts = build_parts(settings)
     worker = StreamWorker(settings, parts.pipeline, parts.store, roles=roles)

@@ -33,7 +33,7 @@ from contracts.events import Action
 from stream_app import metrics as smetrics
 from stream_app.exceptions import WebhookDeliveryFailed
 from stream_app.policy import ErrorPolicy, dead_letter_everything
-from stream_app.processor import BatchResult, _Failures
+from stream_app.processor import BatchResult, SourceKind, _Failures
 from stream_app.records import SourceRecord
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class WebhookProcessor:
     """Delivers a batch of action records; failed deliveries become dead letters."""
 
     def __init__(self, settings: WebhookSettings, topics: TopicNames, *,
-                 policy: ErrorPolicy = dead_letter_everything) -> None:
+                 policy: ErrorPolicy = dead_letter_everything, source: SourceKind = "kafka") -> None:
         if settings.url is None:
             raise ValueError("stream.webhook.url is not set")
         self.settings = settings
@@ -59,6 +59,7 @@ class WebhookProcessor:
         self.secret = settings.secret.get_secret_value().encode() if settings.secret else None
         self.topics = topics
         self.policy = policy
+        self.source: SourceKind = source
         self.wanted = set(settings.actions)
         self._session: Any = None
         self._sem = asyncio.Semaphore(settings.concurrency)
@@ -121,7 +122,7 @@ class WebhookProcessor:
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
         result = BatchResult()
-        fail = _Failures(self.policy, self.topics.dead_letters, "kafka", result)
+        fail = _Failures(self.policy, self.topics.dead_letters, self.source, result)
         todo: dict[str, tuple[Action, SourceRecord]] = {}
         for rec in records:
             try:

@@ -203,16 +203,20 @@ class StreamWorker:
             else:
                 from stream_app.webhook import WebhookProcessor
 
-                processor = WebhookProcessor(s.stream.webhook, topics, policy=self.policy)
+                sink_kind: Literal["kafka", "kinesis"] = "kinesis" if self._sink_kind() == "kinesis" else "kafka"
+                processor = WebhookProcessor(s.stream.webhook, topics, policy=self.policy, source=sink_kind)
                 self._closers.append(processor.close)
             self.consumers[role] = self._consumer(role, processor, sink)
 
     def _consumer(self, role: Role, processor: Any, sink: RecordSink) -> Consumer:
         s = self.settings
-        if s.stream.source == "kinesis" and role != "webhook":
+        # orders and labels come from the source; the webhook reads actions where they were published
+        kinesis = s.stream.source == "kinesis" if role != "webhook" else self._sink_kind() == "kinesis"
+        if kinesis:
             from stream_app.kinesis_source import KinesisBatchConsumer
 
-            stream = s.stream.kinesis_stream if role == "orders" else s.stream.kinesis_labels_stream
+            stream = {"orders": s.stream.kinesis_stream, "labels": s.stream.kinesis_labels_stream,
+                      "webhook": s.kafka.topics.actions}[role]
             if stream is None:
                 raise ValueError("the labels role on Kinesis needs stream.kinesis_labels_stream")
             return KinesisBatchConsumer(s, stream=stream, processor=processor, sink=sink, name=role)
