@@ -14,7 +14,7 @@ from contracts.events import Label, Order
 from feature_state.definitions import FeatureSet
 from feature_state.replay import replay
 from training.evaluate import average_precision, precision_at_k
-from training.registry import promote, register
+from training.registry import promote, reference_distributions, register
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,24 @@ def train_and_register(
     *,
     promote_now: bool = True,
     rounds: int = 200,
+    signing_key: bytes | None = None,
 ) -> str:
+    """Build the dataset, train, evaluate on the latest orders and register (optionally promote).
+
+    The manifest carries reference distributions of every feature and of the score over the
+    training rows, for the drift monitors.
+    """
     ds = build_dataset(orders, labels, features)
     booster, metrics = train(ds, rounds=rounds)
+    cut = int(len(ds.y) * 0.8)
+    train_scores = booster.inplace_predict(ds.X[:cut], validate_features=False)
+    reference = reference_distributions(ds.X[:cut], ds.feature_names, np.asarray(train_scores))
     window = {
         "from": str(min(o.event_time for o in orders)),
         "to": str(max(o.event_time for o in orders)),
     }
-    version = register(models_dir, booster, ds.feature_names, metrics=metrics, training_window=window)
+    version = register(models_dir, booster, ds.feature_names, metrics=metrics, training_window=window,
+                       reference=reference, signing_key=signing_key)
     log.info("trained %s: %s", version, metrics)
     if promote_now:
         promote(models_dir, version, reason="initial model")

@@ -58,3 +58,20 @@ def test_errors_say_what_is_known(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="no earlier champion"):
         rollback(models)
     assert main(["--data-dir", str(tmp_path), "models", "promote", "nope"]) == 2
+
+
+def test_trained_models_carry_reference_distributions(tmp_path: Path) -> None:
+    from feature_state.definitions import load_feature_set
+    from fraudscore.bootstrap import bootstrap_history
+    from scoring.artifacts import read_manifest
+    from training.train import train_and_register
+
+    orders, labels = bootstrap_history(days=4, orders_per_day=800)
+    version = train_and_register(orders, labels, load_feature_set(), tmp_path / "models", rounds=5)
+    raw = read_manifest(tmp_path / "models" / version).raw
+    ref = raw["reference"]
+    assert set(ref["features"]) == set(raw["feature_names"])
+    amount = ref["features"]["amount"]
+    assert amount["missing_rate"] == 0.0 and abs(sum(amount["bin_shares"]) - 1.0) < 1e-6
+    assert 0.0 <= ref["score"]["quantiles"]["0.5"] <= 1.0
+    assert "average_precision" in raw["metrics"]
