@@ -148,6 +148,45 @@ def build_app(
     return app
 
 
+async def run_without_kafka(
+    settings: Settings,
+    worker: StreamWorker,
+    *,
+    health: HealthFn,
+    reload: Callable[[], None] | None = None,
+) -> int:
+    """Run a worker whose source and sink are both Kinesis: there is no Kafka for faust to join, so
+    the process is plain asyncio with the same HTTP endpoints (``/healthz``, ``/metrics``) and the
+    same graceful stop on SIGTERM / SIGINT."""
+    import signal
+
+    from monitoring.http import MetricsServer
+
+    def full_health() -> tuple[bool, dict[str, Any]]:
+        ok, detail = health()
+        return ok and worker.ready.is_set(), detail
+
+    server = MetricsServer(settings.metrics.host, settings.metrics.port, full_health).start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, worker.stop)
+
+    async def reloader() -> None:
+        while reload is not None:
+            await asyncio.sleep(settings.rules.reload_interval_s)
+            reload()
+
+    timer = asyncio.create_task(reloader())
+    try:
+        await worker.run()
+        return 0
+    finally:
+        timer.cancel()
+        server.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def run_app(app: faust.App) -> int:
     """Run the faust worker in the foreground; returns the exit code."""
     from faust.worker import Worker

@@ -101,9 +101,13 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         parts.rules.refresh()
         parts.models.refresh()
 
-    app = build_app(settings, worker, health=health, reload=reload, web_port=settings.metrics.port)
-    print(f"fraudscore worker: roles {','.join(roles)} | source {settings.stream.source} | "
+    print(f"fraudscore worker: roles {','.join(roles)} | source {settings.stream.source} | sink {sink} | "
           f"http://{settings.metrics.host}:{settings.metrics.port}/healthz", flush=True)
+    if settings.stream.source == "kinesis" and sink == "kinesis":
+        from stream_app.app import run_without_kafka
+
+        return asyncio.run(run_without_kafka(settings, worker, health=health, reload=reload))
+    app = build_app(settings, worker, health=health, reload=reload, web_port=settings.metrics.port)
     return run_app(app)
 
 

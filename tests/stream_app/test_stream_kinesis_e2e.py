@@ -106,3 +106,65 @@ async def test_kinesis_end_to_end_with_a_shard_split(
     leases = worker.consumers["orders"].checkpoints.leases()  # type: ignore[attr-defined]
     assert leases[shard["ShardId"]].checkpoint not in (None, SHARD_END)
     assert all(lease.owner is None for lease in leases.values()), "leases released on a graceful stop"
+
+
+def test_worker_process_on_kinesis_only_needs_no_kafka(
+    stream_settings: Any, moto_server: MotoServer, unique: str, tmp_path: Any
+) -> None:
+    """`fraudscore worker --source kinesis` with Kinesis outputs: no Kafka anywhere (plain asyncio
+    process instead of faust), /healthz served, decisions on Kinesis, SIGTERM exits 0."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from tests.services import free_port
+
+    endpoint = moto_server.endpoint_url
+    client = kinesis(endpoint)
+    names = {"orders": f"k-orders-{unique}", "decisions": f"k-decisions-{unique}", "actions": f"k-actions-{unique}",
+             "dead_letters": f"k-dead-{unique}"}
+    for name in names.values():
+        client.create_stream(StreamName=name, ShardCount=1)
+    for name in names.values():
+        client.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.2})
+    traffic = make_traffic(300, seed=23, bad_every=50, duplicate_rate=0)
+    put(client, names["orders"], traffic.emitted)
+    settings = stream_settings()
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRAUDSCORE", "KAFKA"))}
+    env.update({
+        "PYTHONPATH": str(root), "FRAUDSCORE_DATA_DIR": str(settings.data_dir), "FRAUDSCORE_METRICS_PORT": str(port),
+        "FRAUDSCORE__KAFKA__EMBEDDED_PORT": str(free_port()),  # nothing may listen there: no Kafka is used
+        "FRAUDSCORE__STREAM__SOURCE": "kinesis", "FRAUDSCORE__STREAM__KINESIS_ENDPOINT_URL": endpoint,
+        "FRAUDSCORE__STREAM__KINESIS_STREAM": names["orders"],
+        "FRAUDSCORE__STREAM__KINESIS_CHECKPOINT_TABLE": f"k-checkpoints-{unique}",
+        "FRAUDSCORE__KAFKA__TOPICS__DECISIONS": names["decisions"],
+        "FRAUDSCORE__KAFKA__TOPICS__ACTIONS": names["actions"],
+        "FRAUDSCORE__KAFKA__TOPICS__DEAD_LETTERS": names["dead_letters"],
+    })
+    log = tmp_path / "kinesis-worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fraudscore", "worker", "--role", "orders"], env=env, cwd=root,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        decided: set[str] = set()
+        while time.monotonic() < deadline and decided != traffic.order_ids:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            decided = {msgspec.json.decode(v, type=Decision).order_id for v in read_stream(client, names["decisions"])}
+            time.sleep(0.5)
+        assert decided == traffic.order_ids, log.read_text()[-3000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert json.loads(r.read())["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(read_stream(client, names["dead_letters"])) == len(traffic.bad)
