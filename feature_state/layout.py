@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from contracts.events import Label, Order
 from feature_state.definitions import RESOLUTIONS, AggregateFeature, FeatureSet
@@ -95,8 +95,7 @@ class Namespace:
         return f"{self.name}:{value}"
 
 
-@dataclass(frozen=True)
-class LogEvent:
+class LogEvent(NamedTuple):
     """One applied event of one entity: the exactly-once key and the values tiles need."""
 
     ts: int

@@ -61,17 +61,29 @@ class EntityState(msgspec.Struct):
         return (self.wm, self.wm_id)
 
 
-_encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(EntityState)
 _log_encoder = msgspec.msgpack.Encoder()
 
 
-def encode_state(state: EntityState) -> bytes:
-    return _encoder.encode(state)
+def encode_state(ns: Namespace, state: EntityState) -> bytes:
+    """The packed bytes of a state (:mod:`feature_state.codec`)."""
+    from feature_state import codec
+
+    return codec.encode(ns, state)
 
 
-def decode_state(raw: bytes | None) -> EntityState:
-    return EntityState() if not raw else _decoder.decode(raw)
+def decode_state(ns: Namespace, raw: bytes | None) -> EntityState:
+    """A state from its packed bytes (or the previous msgpack encoding); empty for None."""
+    from feature_state import codec
+
+    state = codec.decode(ns, raw)
+    assert isinstance(state, EntityState)
+    return state
+
+
+def decode_legacy(raw: bytes) -> EntityState:
+    """A state in the msgpack encoding written before the packed format."""
+    return _decoder.decode(raw)
 
 
 def encode_event(ev: LogEvent) -> bytes:

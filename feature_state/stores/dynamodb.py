@@ -34,15 +34,7 @@ from feature_state.definitions import FeatureSet
 from feature_state.exceptions import FeatureStoreUnavailable
 from feature_state.layout import LogEvent
 from feature_state.stores.tiled import Loaded, TiledStore, Update
-from feature_state.windows import (
-    EntityState,
-    decode_event,
-    decode_state,
-    encode_event,
-    encode_state,
-    fold,
-    prune,
-)
+from feature_state.windows import decode_event, decode_state, encode_event, encode_state, fold, prune
 
 try:
     import boto3
@@ -75,8 +67,9 @@ class DynamoDBStore(TiledStore):
         write_timeout_ms: int = 2000,
         create_table: bool = True,
         commit_concurrency: int = 16,
+        use_kernel: bool | None = None,
     ) -> None:
-        super().__init__(features, allowed_lateness_s)
+        super().__init__(features, allowed_lateness_s, use_kernel=use_kernel)
         self.table = table
         self.timeout_s = timeout_ms / 1000.0
         self.write_timeout_s = write_timeout_ms / 1000.0
@@ -172,7 +165,7 @@ class DynamoDBStore(TiledStore):
         client = self.write_client if writing else self.client
         items = await self._call("load" if writing else "read", self.write_timeout_s if writing else self.timeout_s,
                                  lambda: self._batch_get(client, wanted, "pk, sk, b, v"))
-        states: dict[str, EntityState] = {}
+        states: dict[str, bytes | None] = {}
         versions: dict[str, int] = {}
         known: dict[str, set[str]] = {}
         raw: dict[str, tuple[int, bytes | None]] = {k: (0, None) for k in keys}
@@ -183,8 +176,7 @@ class DynamoDBStore(TiledStore):
             else:
                 known.setdefault(k, set()).add(sk[2:])
         for k in keys:
-            versions[k], blob = raw[k]
-            states[k] = decode_state(blob)
+            versions[k], states[k] = raw[k]
         if writing:
             self._raw.update(raw)
         return Loaded(states, versions, known)
@@ -242,19 +234,19 @@ class DynamoDBStore(TiledStore):
 
     def _commit_one(self, u: Update) -> bool:
         if len(u.events) <= _MAX_TX_EVENTS:
-            return self._transact(u.key, u.version, encode_state(u.state), u.events)
+            return self._transact(u.key, u.version, u.state, u.events)
         # Chain: fold the events onto the state as read, 99 at a time, one transaction each.
         version, blob = self._raw.get(u.key, (-1, None))
         if version != u.version:
             return False
         ns = self.layout.namespace_of_key(u.key)
-        state = decode_state(blob)
+        state = decode_state(ns, blob)
         for i in range(0, len(u.events), _MAX_TX_EVENTS):
             chunk = u.events[i : i + _MAX_TX_EVENTS]
             for ev in chunk:
                 fold(ns, state, ev)
             prune(ns, state)
-            if not self._transact(u.key, version, encode_state(state), chunk):
+            if not self._transact(u.key, version, encode_state(ns, state), chunk):
                 return False
             version += 1
         return True

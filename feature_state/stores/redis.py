@@ -45,7 +45,7 @@ from feature_state.definitions import FeatureSet
 from feature_state.exceptions import FeatureStoreUnavailable
 from feature_state.layout import LogEvent
 from feature_state.stores.tiled import Loaded, TiledStore, Update
-from feature_state.windows import decode_event, decode_state, encode_event, encode_state
+from feature_state.windows import decode_event, encode_event
 
 T = TypeVar("T")
 
@@ -107,8 +107,9 @@ class RedisStore(TiledStore):
         write_timeout_ms: int = 2000,
         cluster: bool = False,
         key_prefix: str = "fs",
+        use_kernel: bool | None = None,
     ) -> None:
-        super().__init__(features, allowed_lateness_s)
+        super().__init__(features, allowed_lateness_s, use_kernel=use_kernel)
         self.url = url
         self.key_prefix = key_prefix
         self.cluster = cluster
@@ -211,7 +212,7 @@ class RedisStore(TiledStore):
                         known[k] = hit
             else:
                 blob = next(it)
-            states[k] = decode_state(blob)
+            states[k] = blob
         return Loaded(states, versions, known)
 
     async def _load_logs(self, spans: dict[str, list[tuple[int, int]]]) -> dict[str, list[LogEvent]]:
@@ -224,7 +225,7 @@ class RedisStore(TiledStore):
         ttl_ms = str(self.layout.ttl_s * 1000)
         calls = []
         for u in updates:
-            args: list[Any] = [str(u.version), encode_state(u.state), ttl_ms, str(u.log_floor_us), str(len(u.events))]
+            args: list[Any] = [str(u.version), u.state, ttl_ms, str(u.log_floor_us), str(len(u.events))]
             for ev in u.events:
                 args.extend((ev.id, str(ev.ts), encode_event(ev)))
             keys = [self._k(u.key, "s"), self._k(u.key, "l"), self._k(u.key, "e"), self._k(u.key, "v")]

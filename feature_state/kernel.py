@@ -1,0 +1,467 @@
+"""The compiled batch kernel: fold a micro-batch and read every order's aggregates in one C call.
+
+The kernel (:mod:`feature_state._kernel_src`) is a port of :mod:`feature_state.windows` over the
+packed state format of :mod:`feature_state.codec`: per batch, Python hands it the stored blobs of
+every entity the batch touches, the orders as columns, and (for out-of-order reads) the logged
+events; it returns each order's aggregates as of itself, which orders were late, which (entity,
+order) pairs were applied or duplicates, and the new blobs. Python does only O(1) work per entity
+and per order around it. The pure-Python path (:mod:`feature_state.windows` on decoded states) stays
+the reference and the fallback; the tests compare both, bit for bit and byte for byte.
+
+It is compiled once per source hash with the system C compiler (``cc``/``gcc``, the toolchain the
+compiled model runtime needs too) into ``<cache dir>/fskernel-<hash>.so`` and loaded with ctypes
+(which releases the GIL during the call). Without a compiler the stores use the Python path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feature_state._kernel_src import SOURCE
+from feature_state.layout import US, Layout, LogEvent
+
+log = logging.getLogger(__name__)
+
+KMAX, DMAX, LMAX = 8, 32, 3
+R_OK, R_NEED_LOG, R_OUT_SMALL = 0, 1, 2
+_AGG = {"count": 0, "sum": 1, "mean": 2, "min": 3, "max": 4, "distinct_count": 5}
+_LABEL_AGG = {"count": 6, "rate": 7}
+
+_lock = threading.Lock()
+_lib: Any = None
+_tried = False
+
+
+def default_cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "fraudscore-cache"
+
+
+def load(cache_dir: Path | None = None) -> Any:
+    """The compiled kernel (built once per source hash under ``cache_dir``), or None without a compiler.
+
+    The first call decides for the process.
+    """
+    global _lib, _tried
+    with _lock:
+        if _tried:
+            return _lib
+        _tried = True
+        cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+        if cc is None:
+            log.warning("no C compiler: feature_state uses its Python path (slower, same values)")
+            return None
+        digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:16]
+        root = cache_dir or default_cache_dir()
+        lib = root / f"fskernel-{digest}.so"
+        try:
+            if not lib.is_file():
+                root.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=root) as tmp:
+                    src = Path(tmp) / "fskernel.c"
+                    src.write_text(SOURCE)
+                    out = Path(tmp) / "fskernel.so"
+                    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src), "-lm"],
+                                   check=True, capture_output=True, timeout=120)
+                    os.replace(out, lib)  # atomic: concurrent builders agree
+            dll = ctypes.CDLL(str(lib))
+            fn = dll.fs_run
+            fn.restype = ctypes.c_int64
+            P, N = ctypes.c_void_p, ctypes.c_int64
+            fn.argtypes = [P, N, N, *([P] * 10), P, P, N, N, *([P] * 7), *([P] * 7), P, N, P, P, P, P, P, P, P, P, P]
+            for name, res, args in (
+                ("fs_map_new", P, []), ("fs_map_free", None, [P]), ("fs_map_put", N, [P, P, N, P, N, P, N]),
+                ("fs_map_stats", None, [P, P]), ("fs_map_get", N, [P, N, P, P, N, P, N, P]),
+                ("fs_map_dump", N, [P, P, N, P, N, P, N, P, P]), ("fs_map_put_many", N, [P, N, P, P, P, P, P, P]),
+            ):
+                f = getattr(dll, name)
+                f.restype = res
+                f.argtypes = args
+            rt = dll.fs_roundtrip
+            rt.restype = ctypes.c_int64
+            rt.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                           ctypes.c_int64, ctypes.c_void_p]
+            _lib = dll
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("could not build the feature_state kernel (%s); using the Python path", exc)
+            _lib = None
+        return _lib
+
+
+def _ptr(a: np.ndarray) -> int:
+    return int(a.ctypes.data)
+
+
+class KernelError(Exception):
+    """The kernel refused its input (a corrupt blob, an unexpected state): use the Python path."""
+
+
+@dataclass
+class RunResult:
+    features: np.ndarray  #: orders × (aggregates + seconds_since_previous), NaN = missing
+    late_ns: np.ndarray  #: per order: namespace index that made it late, or -1
+    late_wm: np.ndarray
+    flags: np.ndarray  #: orders × namespaces: 1 applied, 2 already applied (duplicate)
+    blobs: list[bytes | None]  #: per entity: the new state (None: unchanged)
+    wms: np.ndarray  #: per entity: watermark after the batch
+    log_blobs: list[bytes | None] | None = None  #: packed-log mode: per entity, the new log
+    #: map mode: the changed entities' states and logs, packed: state e = buf[soff[e]:soff[e+1]], log likewise
+    buf: bytes | None = None
+    soff: np.ndarray | None = None
+    loff: np.ndarray | None = None
+    kbuf: bytes | None = None
+    koff: np.ndarray | None = None
+
+
+class KernelLayout:
+    """The layout as the kernel's configuration words, plus the column maps the inputs use."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.ns_list = list(layout.namespaces.values())
+        self.ns_index = {ns.name: j for j, ns in enumerate(self.ns_list)}
+        self.num_paths: list[str] = []
+        self.dist_paths: list[str] = []
+        for ns in self.ns_list:
+            if len(ns.levels) > LMAX or len(ns.num_fields) > KMAX or len(ns.distinct_fields) > DMAX:
+                raise KernelError(f"namespace {ns.name} exceeds the kernel's limits")
+            for p in ns.num_fields:
+                if p not in self.num_paths:
+                    self.num_paths.append(p)
+            for p in ns.distinct_fields:
+                if p not in self.dist_paths:
+                    self.dist_paths.append(p)
+        self.entity_paths = [ns.path for ns in self.ns_list]
+        #: per namespace: its numeric / distinct fields as indices into num_paths / dist_paths
+        self.ns_num = [[self.num_paths.index(p) for p in ns.num_fields] for ns in self.ns_list]
+        self.ns_dist = [[self.dist_paths.index(p) for p in ns.distinct_fields] for ns in self.ns_list]
+        self.is_orders = np.array([ns.source == "orders" for ns in self.ns_list], dtype=bool)
+        cfg: list[int] = [len(self.ns_list), len(layout.plan), len(layout.since_previous), layout.lateness_us,
+                          len(self.num_paths), len(self.dist_paths)]
+        for ns in self.ns_list:
+            levels = list(ns.levels) + [0] * (LMAX - len(ns.levels))
+            ret = [ns.retention_s.get(r, 0) for r in ns.levels] + [0] * (LMAX - len(ns.levels))
+            nf = [self.num_paths.index(p) for p in ns.num_fields] + [0] * (KMAX - len(ns.num_fields))
+            df = [self.dist_paths.index(p) for p in ns.distinct_fields] + [0] * (DMAX - len(ns.distinct_fields))
+            cfg += [0 if ns.source == "orders" else 1, len(ns.levels), *levels, *ret, len(ns.num_fields),
+                    len(ns.distinct_fields), ns.log_retention_s, *nf, *df]
+        for f, ns, ons in layout.plan:
+            li = ns.levels.index(f.resolution_s)
+            if f.source == "orders":
+                agg = _AGG[f.aggregation]
+                if f.aggregation == "distinct_count":
+                    fidx = ns.distinct_fields.index(f.field or "")
+                elif f.aggregation == "count":
+                    fidx = 0
+                else:
+                    fidx = ns.num_fields.index(f.field or "")
+                cfg += [self.ns_index[ns.name], agg, li, fidx, -1, 0, f.tiles]
+            else:
+                agg = _LABEL_AGG[f.aggregation]
+                o = self.ns_index[ons.name] if ons is not None else -1
+                oli = ons.levels.index(f.resolution_s) if ons is not None else 0
+                cfg += [self.ns_index[ns.name], agg, li, 0, o, oli, f.tiles]
+        for d in layout.since_previous:
+            cfg += [self.ns_index[f"o.{d.params['entity']}"], int(d.params["window_s"]) * US]
+        self.cfg = np.array(cfg, dtype=np.int64)
+        self.width = len(layout.plan) + len(layout.since_previous)
+        #: output buffer reused across calls (a call fills it and copies the blobs out before returning)
+        self.out_buf = bytearray(0)
+
+
+class Strings:
+    """Strings of one call, packed as UTF-8 with offsets (the kernel compares bytes: code-point order)."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, s: str) -> int:
+        self.items.append(s)
+        return len(self.items) - 1
+
+    def extend(self, values: Sequence[str]) -> int:
+        start = len(self.items)
+        self.items.extend(values)
+        return start
+
+    def pack(self) -> tuple[bytes, np.ndarray]:
+        items = self.items
+        off = np.zeros(len(items) + 1, dtype=np.int64)
+        joined = "".join(items)
+        if joined.isascii():
+            np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=len(items)), out=off[1:])
+            return joined.encode("ascii"), off
+        enc = [s.encode("utf-8", "surrogatepass") for s in items]
+        np.cumsum(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)), out=off[1:])
+        return b"".join(enc), off
+
+
+class BlobMap:
+    """Entity key → (packed state, packed log), kept in C memory (the embedded store with the kernel).
+
+    A batch then never turns per-entity blobs into Python objects: the kernel looks them up and
+    writes them back itself. Not thread-safe (one store, one event loop).
+    """
+
+    def __init__(self) -> None:
+        self._lib = load()
+        if self._lib is None:  # pragma: no cover - callers check availability first
+            raise KernelError("kernel not available")
+        self.handle = self._lib.fs_map_new()
+        if not self.handle:  # pragma: no cover
+            raise MemoryError("fs_map_new")
+
+    def __del__(self) -> None:
+        if getattr(self, "handle", None):
+            self._lib.fs_map_free(self.handle)
+            self.handle = None
+
+    def stats(self) -> tuple[int, int, int]:
+        """(entities, log entries, bytes)."""
+        out = np.zeros(3, dtype=np.int64)
+        self._lib.fs_map_stats(self.handle, _ptr(out))
+        return int(out[0]), int(out[1]), int(out[2])
+
+    def __len__(self) -> int:
+        return self.stats()[0]
+
+    def put(self, key: str, state: bytes, log: bytes | None) -> None:
+        k = key.encode("utf-8", "surrogatepass")
+        rc = self._lib.fs_map_put(self.handle, k, len(k), state, len(state), log, len(log or b""))
+        if rc:  # pragma: no cover
+            raise MemoryError("fs_map_put")
+
+    def get(self, keys: Sequence[str], which: int) -> list[bytes | None]:
+        """States (``which`` 0) or logs (1) of ``keys``; None where absent."""
+        if not keys:
+            return []
+        strings = Strings()
+        strings.extend(keys)
+        kbuf, koff = strings.pack()
+        lens = np.zeros(len(keys), dtype=np.int64)
+        need = self._lib.fs_map_get(self.handle, len(keys), kbuf, _ptr(koff), which, None, 0, _ptr(lens))
+        buf = bytearray(max(int(need), 1))
+        c = (ctypes.c_char * len(buf)).from_buffer(buf)
+        self._lib.fs_map_get(self.handle, len(keys), kbuf, _ptr(koff), which, ctypes.addressof(c), len(buf),
+                             _ptr(lens))
+        del c
+        out: list[bytes | None] = []
+        pos = 0
+        with memoryview(buf) as mv:
+            for n in lens.tolist():
+                if n < 0:
+                    out.append(None)
+                else:
+                    out.append(bytes(mv[pos : pos + n]))
+                    pos += n
+        return out
+
+    def put_many(self, sel: np.ndarray, kbuf: bytes, koff: np.ndarray, buf: bytes, soff: np.ndarray,
+                 loff: np.ndarray) -> None:
+        """Store entities ``sel`` of a kernel output (map mode) in one call."""
+        sel = np.ascontiguousarray(sel, dtype=np.int64)
+        rc = self._lib.fs_map_put_many(self.handle, len(sel), _ptr(sel), kbuf, _ptr(koff), buf or b"\x00",
+                                       _ptr(soff), _ptr(loff))
+        if rc:  # pragma: no cover
+            raise MemoryError("fs_map_put_many")
+
+    def dump(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Every (key → state) and (key → log)."""
+        n = len(self)
+        lens = np.zeros(3 * n + 3, dtype=np.int64)
+        need = np.zeros(3, dtype=np.int64)
+        self._lib.fs_map_dump(self.handle, None, 0, None, 0, None, 0, _ptr(lens), _ptr(need))
+        bufs = [bytearray(max(int(x), 1)) for x in need.tolist()]
+        cs = [(ctypes.c_char * len(b)).from_buffer(b) for b in bufs]
+        self._lib.fs_map_dump(self.handle, ctypes.addressof(cs[0]), len(bufs[0]), ctypes.addressof(cs[1]),
+                              len(bufs[1]), ctypes.addressof(cs[2]), len(bufs[2]), _ptr(lens), _ptr(need))
+        del cs
+        states: dict[str, bytes] = {}
+        logs: dict[str, bytes] = {}
+        kp = sp = lp = 0
+        ls = lens.tolist()
+        for q in range(n):
+            kl, sl, ll = ls[3 * q], ls[3 * q + 1], ls[3 * q + 2]
+            key = bytes(bufs[0][kp : kp + kl]).decode("utf-8", "surrogatepass")
+            kp += kl
+            states[key] = bytes(bufs[1][sp : sp + sl])
+            sp += sl
+            if ll >= 0:
+                logs[key] = bytes(bufs[2][lp : lp + ll])
+                lp += ll
+        return states, logs
+
+
+def run(
+    kl: KernelLayout,
+    mode: int,
+    ent_ns: np.ndarray,
+    blobs: Sequence[bytes | None],
+    logs: Mapping[int, Sequence[LogEvent]] | None,
+    strings: Strings,
+    o_ts: np.ndarray,
+    o_id: np.ndarray,
+    o_ent: np.ndarray,
+    o_num: np.ndarray,
+    o_ok: np.ndarray,
+    o_dv: np.ndarray,
+    o_known: np.ndarray,
+    log_blobs: Sequence[bytes | None] | None = None,
+    blob_map: BlobMap | None = None,
+    keys: Sequence[str] | None = None,
+) -> RunResult | tuple[np.ndarray, np.ndarray]:
+    """One kernel call. Returns the result, or ``(entities, span starts)`` whose logs the reads need.
+
+    With ``log_blobs`` (packed logs, one per entity: the embedded store) the kernel checks which events
+    the logs already hold itself (``o_known`` is ignored), never asks for logs, and returns the new logs.
+    With ``blob_map`` (and the entity ``keys``) the states and logs are read from and written back to
+    the map; ``blobs`` is ignored and the result's ``blobs`` only marks the changed entities.
+    """
+    lib = load()
+    if lib is None:  # pragma: no cover - callers check availability first
+        raise KernelError("kernel not available")
+    n_ent = len(ent_ns)
+    n = len(o_ts)
+    nns = len(kl.ns_list)
+    blob_off = np.zeros(n_ent + 1, dtype=np.int64)
+    kbuf: bytes | None = None
+    koff = blob_off
+    if blob_map is None:
+        lens = np.fromiter((len(b) if b else 0 for b in blobs), dtype=np.int64, count=n_ent)
+        np.cumsum(lens, out=blob_off[1:])
+        blob_buf = b"".join(b for b in blobs if b) or b"\x00"
+    else:
+        blob_buf = b"\x00"
+        ks = Strings()
+        ks.extend(keys or ())
+        kbuf, koff = ks.pack()
+        kbuf = kbuf or b"\x00"
+    lblob_buf: bytes | None = None
+    lblob_off = np.zeros(n_ent + 1, dtype=np.int64)
+    if log_blobs is not None:
+        np.cumsum(np.fromiter((len(b) if b else 0 for b in log_blobs), dtype=np.int64, count=n_ent),
+                  out=lblob_off[1:])
+        lblob_buf = b"".join(b for b in log_blobs if b) or b"\x00"
+    out_loff = np.zeros(n_ent + 1, dtype=np.int64)
+    has_log = np.zeros(n_ent, dtype=np.uint8)
+    log_off = np.zeros(n_ent + 1, dtype=np.int64)
+    rows: list[LogEvent] = []
+    if logs:
+        counts = np.zeros(n_ent, dtype=np.int64)
+        for e, evs in sorted(logs.items()):
+            has_log[e] = 1
+            counts[e] = len(evs)
+        np.cumsum(counts, out=log_off[1:])
+        for e in sorted(logs):
+            rows.extend(logs[e])
+    m = len(rows)
+    lg_ts = np.zeros(m + 1, dtype=np.int64)
+    lg_id = np.zeros(m + 1, dtype=np.int64)
+    lg_num = np.zeros((m + 1) * KMAX, dtype=np.int64)
+    lg_ok = np.zeros((m + 1) * KMAX, dtype=np.uint8)
+    lg_dv = np.full((m + 1) * DMAX, -1, dtype=np.int64)
+    for j, ev in enumerate(rows):
+        lg_ts[j] = ev.ts
+        lg_id[j] = strings.add(ev.id)
+        for k, v in enumerate(ev.nums):
+            if v is not None:
+                lg_num[j * KMAX + k] = v
+                lg_ok[j * KMAX + k] = 1
+        for d, dv in enumerate(ev.dvals):
+            if dv is not None:
+                lg_dv[j * DMAX + d] = strings.add(dv)
+    sbuf, soff = strings.pack()
+    sbuf = sbuf or b"\x00"
+    width = kl.width
+    feat = np.empty(max(n * width, 1), dtype=np.float64)
+    late_ns = np.empty(max(n, 1), dtype=np.int64)
+    late_wm = np.empty(max(n, 1), dtype=np.int64)
+    flags = np.zeros(max(n * nns, 1), dtype=np.uint8)
+    need_ent = np.empty(max(n * nns, 1), dtype=np.int64)
+    need_start = np.empty(max(n * nns, 1), dtype=np.int64)
+    n_need = np.zeros(1, dtype=np.int64)
+    out_off = np.zeros(n_ent + 1, dtype=np.int64)
+    out_wm = np.zeros(n_ent + 1, dtype=np.int64)
+    out_need = np.zeros(1, dtype=np.int64)
+    cap = int(blob_off[-1]) * 2 + int(lblob_off[-1]) + n * nns * 768 + 65536 if mode == 0 and blob_map is None else 8
+    o_id = np.ascontiguousarray(o_id, dtype=np.int64)
+    arrays = [ent_ns, o_ts, o_id, o_ent, o_num, o_ok, o_dv, o_known]
+    ent_ns, o_ts, o_id, o_ent, o_num, o_ok, o_dv, o_known = (
+        np.ascontiguousarray(a) if a.size else np.zeros(1, dtype=a.dtype) for a in arrays
+    )
+    while True:
+        if len(kl.out_buf) < cap:
+            kl.out_buf = bytearray(max(cap, 2 * len(kl.out_buf)))
+        out_buf = kl.out_buf
+        cap = len(out_buf)
+        out_c = (ctypes.c_char * cap).from_buffer(out_buf)
+        rc = lib.fs_run(
+            _ptr(kl.cfg), mode, n_ent, _ptr(ent_ns), blob_buf, _ptr(blob_off),
+            _ptr(has_log), _ptr(log_off), _ptr(lg_ts), _ptr(lg_id), _ptr(lg_num), _ptr(lg_ok), _ptr(lg_dv),
+            sbuf, _ptr(soff), len(soff) - 1,
+            n, _ptr(o_ts), _ptr(o_id), _ptr(o_ent), _ptr(o_num), _ptr(o_ok), _ptr(o_dv), _ptr(o_known),
+            _ptr(feat), _ptr(late_ns), _ptr(late_wm), _ptr(flags), _ptr(need_ent), _ptr(need_start), _ptr(n_need),
+            ctypes.addressof(out_c), cap, _ptr(out_off), _ptr(out_wm), _ptr(out_need),
+            lblob_buf, _ptr(lblob_off), _ptr(out_loff),
+            blob_map.handle if blob_map is not None else None, kbuf, _ptr(koff),
+        )
+        del out_c
+        if rc == R_OUT_SMALL:
+            cap = int(out_need[0]) + 65536
+            continue
+        break
+    if rc == R_NEED_LOG:
+        k = int(n_need[0])
+        return need_ent[:k].copy(), need_start[:k].copy()
+    if rc != R_OK:
+        raise KernelError(f"kernel returned {rc}")
+    out_blobs: list[bytes | None] = [None] * n_ent
+    out_logs: list[bytes | None] | None = None
+    if mode == 0 and blob_map is not None:
+        with memoryview(out_buf) as mv:
+            buf = bytes(mv[: int(out_loff[n_ent])])
+        changed = np.diff(out_off) > 0
+        return RunResult(feat[: n * width].reshape(n, width), late_ns[:n], late_wm[:n],
+                         flags[: n * nns].reshape(n, nns), [b"" if x else None for x in changed.tolist()],
+                         out_wm[:n_ent], None, buf, out_off, out_loff, kbuf, koff)
+    if mode == 0:
+        with memoryview(out_buf) as mv:
+            out_blobs = _slices(mv, out_off)
+            if log_blobs is not None:
+                out_logs = _slices(mv, out_loff)
+    return RunResult(feat[: n * width].reshape(n, width), late_ns[:n], late_wm[:n],
+                     flags[: n * nns].reshape(n, nns), out_blobs, out_wm[:n_ent], out_logs)
+
+
+def _slices(mv: memoryview, off: np.ndarray) -> list[bytes | None]:
+    """bytes of each non-empty ``[off[e], off[e + 1])``; None for empty ones."""
+    offs = off.tolist()
+    return [bytes(mv[a:z]) if z > a else None for a, z in zip(offs, offs[1:], strict=False)]
+
+
+def roundtrip(kl: KernelLayout, ns_name: str, blob: bytes) -> bytes:
+    """Decode a blob into the kernel's structures and encode it again (tests)."""
+    lib = load()
+    if lib is None:  # pragma: no cover
+        raise KernelError("kernel not available")
+    cap = len(blob) * 2 + 4096
+    out = bytearray(cap)
+    out_c = (ctypes.c_char * cap).from_buffer(out)
+    n = np.zeros(1, dtype=np.int64)
+    rc = lib.fs_roundtrip(_ptr(kl.cfg), kl.ns_index[ns_name], blob, len(blob), ctypes.addressof(out_c), cap, _ptr(n))
+    del out_c
+    if rc != R_OK:
+        raise KernelError(f"kernel returned {rc}")
+    return bytes(out[: int(n[0])])
