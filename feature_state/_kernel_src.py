@@ -783,7 +783,7 @@ static void encode_log(Ctx* C, Ent* E, Out* o) {
 
 /* ---------------------------------------------------------------- blob map (the embedded store's memory) */
 /* key → (packed state, packed log), each value its own malloc'd buffer. Called with the GIL held. */
-typedef struct { char* key; int64_t klen; uint64_t h; uint8_t* st; int64_t sl; uint8_t* lg; int64_t ll; } MEnt;
+typedef struct { char* key; int64_t klen; uint64_t h; uint8_t* st; int64_t sl, sc; uint8_t* lg; int64_t ll, lc; } MEnt;
 typedef struct { MEnt* e; int64_t cap, n, log_entries, bytes; } Map;
 
 void* fs_map_new(void) {
@@ -824,27 +824,36 @@ static MEnt* map_find(Map* m, const char* k, int64_t kl, int create) {
   char* kc = (char*)malloc((size_t)kl + 1);
   if (kc == NULL) return NULL;
   memcpy(kc, k, (size_t)kl);
-  m->e[j].key = kc; m->e[j].klen = kl; m->e[j].h = h; m->e[j].st = NULL; m->e[j].sl = 0; m->e[j].lg = NULL; m->e[j].ll = 0;
+  memset(&m->e[j], 0, sizeof(MEnt));
+  m->e[j].key = kc; m->e[j].klen = kl; m->e[j].h = h;
   m->n++;
   return &m->e[j];
 }
 static int64_t log_n(const uint8_t* b, int64_t len) { return len >= 24 ? rdw(b, 2) : 0; }
+/* copy b[0..n) into *dst, reusing its buffer when it is large enough (capacity kept in *cap) */
+static int map_copy(uint8_t** dst, int64_t* cap, const uint8_t* b, int64_t n) {
+  if (*dst == NULL || *cap < n || *cap > 4 * n + 4096) {
+    int64_t nc = n + n / 4 + 64;
+    uint8_t* nb = (uint8_t*)malloc((size_t)nc);
+    if (nb == NULL) return R_NOMEM;
+    free(*dst); *dst = nb; *cap = nc;
+  }
+  if (n) memcpy(*dst, b, (size_t)n);
+  return 0;
+}
 /* replace an entry's state (and log, when lg != NULL); 0 or R_NOMEM */
 static int map_put(Map* m, const char* k, int64_t kl, const uint8_t* st, int64_t sl, const uint8_t* lg, int64_t ll) {
   MEnt* me = map_find(m, k, kl, 1);
   if (me == NULL) return R_NOMEM;
-  uint8_t* ns = (uint8_t*)malloc((size_t)(sl ? sl : 1));
-  if (ns == NULL) return R_NOMEM;
-  memcpy(ns, st, (size_t)sl);
+  if (map_copy(&me->st, &me->sc, st, sl)) return R_NOMEM;
   m->bytes += sl - me->sl;
-  free(me->st); me->st = ns; me->sl = sl;
+  me->sl = sl;
   if (lg != NULL) {
-    uint8_t* nl = (uint8_t*)malloc((size_t)(ll ? ll : 1));
-    if (nl == NULL) return R_NOMEM;
-    memcpy(nl, lg, (size_t)ll);
-    m->log_entries += log_n(lg, ll) - log_n(me->lg, me->ll);
+    int64_t before = me->lg ? log_n(me->lg, me->ll) : 0;
+    if (map_copy(&me->lg, &me->lc, lg, ll)) return R_NOMEM;
+    m->log_entries += log_n(lg, ll) - before;
     m->bytes += ll - me->ll;
-    free(me->lg); me->lg = nl; me->ll = ll;
+    me->ll = ll;
   }
   return 0;
 }

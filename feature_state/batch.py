@@ -7,7 +7,6 @@ entity, dictionary lookups. Everything per tile happens in the kernel (:mod:`fea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,23 +21,57 @@ from feature_state.layout import SCALE, LogEvent
 from feature_state.windows import Features
 
 
-@dataclass
 class Columns:
-    """One batch of (unique) orders as kernel inputs."""
+    """One batch of (unique) orders as kernel inputs.
 
-    n: int
-    ids: list[str]
-    ts: np.ndarray
-    keys: list[str]  #: unique entity keys of the batch
-    ent_ns: np.ndarray  #: per key: its namespace index
-    o_ent: np.ndarray  #: orders × namespaces: entity index or -1
-    num: np.ndarray  #: orders × numeric paths: fixed-point values
-    ok: np.ndarray  #: orders × numeric paths: value present
-    dv: np.ndarray  #: orders × distinct paths: string index or -1
-    dvals: list[list[str | None]]  #: per distinct path: the values (LogEvent construction)
-    strings: Strings
-    cols: OrderColumns
-    key_index: dict[str, int] = field(default_factory=dict)
+    Entity keys (``<namespace>:<value>``) are built by Arrow, one array for the batch; the Python
+    list and index of them are made only when a store needs them (Redis key names, late events).
+    """
+
+    def __init__(self, n: int, ids: list[str], ts: np.ndarray, key_arr: pa.Array, ent_ns: np.ndarray,
+                 o_ent: np.ndarray, num: np.ndarray, ok: np.ndarray, dv: np.ndarray, dist: list[tuple[np.ndarray,
+                 pa.Array]], strings: Strings, cols: OrderColumns) -> None:
+        self.n, self.ids, self.ts, self.key_arr, self.ent_ns, self.o_ent = n, ids, ts, key_arr, ent_ns, o_ent
+        self.num, self.ok, self.dv, self.dist, self.strings, self.cols = num, ok, dv, dist, strings, cols
+        self._keys: list[str] | None = None
+        self._key_index: dict[str, int] | None = None
+        self._dvals: list[list[str | None]] | None = None
+        self._packed: tuple[bytes, np.ndarray] | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        """Unique entity keys of the batch (entity index → key)."""
+        if self._keys is None:
+            self._keys = self.key_arr.to_pylist()
+        return self._keys
+
+    @property
+    def key_index(self) -> dict[str, int]:
+        if self._key_index is None:
+            self._key_index = {k: e for e, k in enumerate(self.keys)}
+        return self._key_index
+
+    def key(self, e: int) -> str:
+        return self._keys[e] if self._keys is not None else str(self.key_arr[e].as_py())
+
+    @property
+    def packed_keys(self) -> tuple[bytes, np.ndarray]:
+        if self._packed is None:
+            s = Strings()
+            s.extend(self.key_arr)
+            self._packed = s.pack()
+        return self._packed
+
+    @property
+    def dvals(self) -> list[list[str | None]]:
+        """Per distinct path: each order's value (None when missing)."""
+        if self._dvals is None:
+            out = []
+            for codes, uniq in self.dist:
+                lookup: list[str | None] = [*uniq.to_pylist(), None]
+                out.append([lookup[x] for x in codes.tolist()])
+            self._dvals = out
+        return self._dvals
 
 
 def _strings(values: Sequence[Any]) -> pa.Array:
@@ -48,44 +81,48 @@ def _strings(values: Sequence[Any]) -> pa.Array:
         return pa.array([None if v is None else str(v) for v in values], type=pa.string())
 
 
-def _dictionary(values: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+def _dictionary(values: Sequence[Any]) -> tuple[np.ndarray, pa.Array]:
     """Codes (-1 for None and "") and the distinct values in first-appearance order (Arrow's hash table)."""
     enc = pc.dictionary_encode(_strings(values))
-    uniq: list[str] = enc.dictionary.to_pylist()
+    uniq = enc.dictionary
     codes = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
-    if "" in uniq:
-        codes[codes == uniq.index("")] = -1
+    empty = pc.index(uniq, "").as_py()
+    if empty >= 0:
+        codes[codes == empty] = -1
     return codes, uniq
 
 
 def columns(kl: KernelLayout, orders: Sequence[Order]) -> Columns:
+    try:
+        return _columns(kl, orders)
+    except (UnicodeError, pa.ArrowException) as exc:
+        raise KernelError(f"batch not representable as columns: {exc}") from None
+
+
+def _columns(kl: KernelLayout, orders: Sequence[Order]) -> Columns:
     n = len(orders)
     cols = OrderColumns(orders)
-    ts = cols.ts
     ids = cols.values("order_id")
+    ts = cols.ts
     strings = Strings()
     strings.extend(ids)
     nns = len(kl.ns_list)
     o_ent = np.full((n, nns), -1, dtype=np.int64)
-    key_index: dict[str, int] = {}
-    ent_ns: list[int] = []
-    by_path: dict[str, tuple[np.ndarray, list[str]]] = {}
+    by_path: dict[str, tuple[np.ndarray, pa.Array]] = {}
+    key_arrays: list[pa.Array] = []
+    ent_ns_parts: list[np.ndarray] = []
+    base = 0
     for j, ns in enumerate(kl.ns_list):
         hit = by_path.get(ns.path)
         if hit is None:
             hit = by_path[ns.path] = _dictionary(cols.values(ns.path))
         codes, uniq = hit
-        prefix = ns.name + ":"
-        ent_of = np.empty(len(uniq) + 1, dtype=np.int64)
-        ent_of[-1] = -1  # code -1 → no entity
-        for q, u in enumerate(uniq):
-            k = prefix + u
-            e = key_index.get(k)
-            if e is None:
-                e = key_index[k] = len(ent_ns)
-                ent_ns.append(j)
-            ent_of[q] = e
-        o_ent[:, j] = ent_of[codes]
+        key_arrays.append(pc.binary_join_element_wise(ns.name + ":", uniq, ""))
+        ent_ns_parts.append(np.full(len(uniq), j, dtype=np.int64))
+        o_ent[:, j] = np.where(codes >= 0, codes + base, -1)
+        base += len(uniq)
+    key_arr = pa.concat_arrays(key_arrays) if key_arrays else pa.array([], type=pa.string())
+    ent_ns = np.concatenate(ent_ns_parts) if ent_ns_parts else np.zeros(0, dtype=np.int64)
     nf, df = len(kl.num_paths), len(kl.dist_paths)
     num = np.zeros((n, max(nf, 1)), dtype=np.int64)
     ok = np.zeros((n, max(nf, 1)), dtype=np.uint8)
@@ -105,15 +142,13 @@ def columns(kl: KernelLayout, orders: Sequence[Order]) -> Columns:
         num[valid, q] = np.rint(scaled).astype(np.int64)
         ok[:, q] = valid
     dv = np.full((n, max(df, 1)), -1, dtype=np.int64)
-    dvals: list[list[str | None]] = []
+    dist: list[tuple[np.ndarray, pa.Array]] = []
     for q, path in enumerate(kl.dist_paths):
         codes, uniq = by_path.get(path) or _dictionary(cols.values(path))
-        base = strings.extend(uniq)
-        dv[:, q] = np.where(codes >= 0, codes + base, -1)
-        lookup: list[str | None] = [*uniq, None]
-        dvals.append([lookup[x] for x in codes.tolist()])
-    return Columns(n, ids, ts, list(key_index), np.array(ent_ns, dtype=np.int64), o_ent, num, ok, dv, dvals,
-                   strings, cols, key_index)
+        start = strings.extend(uniq)
+        dv[:, q] = np.where(codes >= 0, codes + start, -1)
+        dist.append((codes, uniq))
+    return Columns(n, ids, ts, key_arr, ent_ns, o_ent, num, ok, dv, dist, strings, cols)
 
 
 def asked_ids(kl: KernelLayout, c: Columns) -> dict[str, list[str]]:

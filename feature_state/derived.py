@@ -13,6 +13,8 @@ from operator import attrgetter
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from feature_state.definitions import FeatureSet
 from feature_state.layout import US, to_us
@@ -72,7 +74,7 @@ class OrderColumns:
     @property
     def ts(self) -> np.ndarray:
         if self._ts is None:
-            self._ts = np.fromiter((to_us(o) for o in self.orders), dtype=np.int64, count=self.n)
+            self._ts = times_us(self.values("event_time"))
         return self._ts
 
     def offsets(self) -> np.ndarray:
@@ -81,14 +83,48 @@ class OrderColumns:
         return self._offsets
 
     def times_us(self, path: str) -> tuple[np.ndarray, np.ndarray]:
-        vals = self.values(path)
-        us = np.fromiter((0 if v is None else to_us(v) for v in vals), dtype=np.int64, count=self.n)
-        valid = np.fromiter((v is not None for v in vals), dtype=bool, count=self.n)
+        return times_us_nullable(self.values(path))
+
+
+def times_us(values: Sequence[Any]) -> np.ndarray:
+    """Aware datetimes as exact µs since the epoch (Arrow converts to UTC; equal to ``layout.to_us``)."""
+    try:
+        arr = pa.array(values, type=pa.timestamp("us", tz="UTC"))
+        if arr.null_count == 0:
+            return np.asarray(arr.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    except (pa.ArrowException, TypeError, ValueError):
+        pass
+    return np.fromiter((to_us(v) for v in values), dtype=np.int64, count=len(values))
+
+
+def times_us_nullable(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`times_us` where values may be None: (µs, valid)."""
+    try:
+        arr = pa.array(values, type=pa.timestamp("us", tz="UTC"))
+        valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        us = np.asarray(pc.fill_null(arr.cast(pa.int64()), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
         return us, valid
+    except (pa.ArrowException, TypeError, ValueError):
+        us = np.fromiter((0 if v is None else to_us(v) for v in values), dtype=np.int64, count=len(values))
+        return us, np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
 
 
 def _numbers(raw: Sequence[Any]) -> np.ndarray:
+    if all(type(v) is float for v in raw):
+        return np.array(raw, dtype=np.float64)
     return np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in raw],
+                    dtype=np.float64)
+
+
+def _mismatch(a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
+    """``float(a != b)``, NaN when either is None — column-wise through Arrow when both are strings."""
+    if all(v is None or type(v) is str for v in a) and all(v is None or type(v) is str for v in b):
+        try:
+            neq = pc.not_equal(pa.array(a, type=pa.string()), pa.array(b, type=pa.string()))
+            return np.asarray(pc.cast(neq, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        except (UnicodeError, pa.ArrowException):
+            pass
+    return np.array([np.nan if x is None or y is None else float(x != y) for x, y in zip(a, b, strict=True)],
                     dtype=np.float64)
 
 
@@ -136,8 +172,7 @@ def derive_columns(
                 v = night.astype(np.float64)
         elif d.kind == "mismatch":
             a, b = (cols.values(f) for f in p["fields"])
-            v = np.array([np.nan if x is None or y is None else float(x != y) for x, y in zip(a, b, strict=True)],
-                         dtype=np.float64)
+            v = _mismatch(a, b)
         elif d.kind == "seconds_since_previous":
             v = values.get(d.name, np.full(n, np.nan))
         else:  # pragma: no cover - validated at load
@@ -150,11 +185,7 @@ def derive_columns(
 
 def rows(names: Sequence[str], matrix: np.ndarray) -> list[Features]:
     """One dict per row (None where NaN), in ``names`` order."""
-    vals = matrix.tolist()
-    missing = np.isnan(matrix)
-    if missing.any():
-        ii, jj = np.nonzero(missing)
-        for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
-            vals[i][j] = None
-    keys = list(names)
-    return [dict(zip(keys, r, strict=True)) for r in vals]
+    obj = matrix.astype(object)
+    obj[np.isnan(matrix)] = None
+    vals = obj.tolist()
+    return list(map(dict, map(zip, [list(names)] * len(vals), vals)))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from feature_state._kernel_src import SOURCE
 from feature_state.layout import US, Layout, LogEvent
@@ -123,6 +124,7 @@ class RunResult:
     loff: np.ndarray | None = None
     kbuf: bytes | None = None
     koff: np.ndarray | None = None
+    changed: np.ndarray | None = None  #: map mode: per entity, True when the batch changed it
 
 
 class KernelLayout:
@@ -182,30 +184,61 @@ class KernelLayout:
 
 
 class Strings:
-    """Strings of one call, packed as UTF-8 with offsets (the kernel compares bytes: code-point order)."""
+    """Strings of one call, packed as UTF-8 with offsets (the kernel compares bytes: code-point order).
+
+    Chunks are Python lists or Arrow string arrays (passed through without a Python object per item).
+    """
 
     def __init__(self) -> None:
-        self.items: list[str] = []
+        self.chunks: list[Any] = []
+        self.items: list[str] = []  #: the current Python chunk (appended to by add/extend)
+        self.count = 0
+
+    def _flush(self) -> None:
+        if self.items:
+            self.chunks.append(self.items)
+            self.items = []
 
     def add(self, s: str) -> int:
         self.items.append(s)
-        return len(self.items) - 1
+        self.count += 1
+        return self.count - 1
 
-    def extend(self, values: Sequence[str]) -> int:
-        start = len(self.items)
-        self.items.extend(values)
+    def extend(self, values: Any) -> int:
+        """Append a list of str or an Arrow string array; returns the index of its first item."""
+        start = self.count
+        if isinstance(values, pa.Array):
+            self._flush()
+            self.chunks.append(values)
+        else:
+            self.items.extend(values)
+        self.count += len(values)
         return start
 
+    def copy(self) -> Strings:
+        out = Strings()
+        out.chunks = [*self.chunks, *([list(self.items)] if self.items else [])]
+        out.count = self.count
+        return out
+
     def pack(self) -> tuple[bytes, np.ndarray]:
-        items = self.items
-        off = np.zeros(len(items) + 1, dtype=np.int64)
-        joined = "".join(items)
-        if joined.isascii():
-            np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=len(items)), out=off[1:])
-            return joined.encode("ascii"), off
-        enc = [s.encode("utf-8", "surrogatepass") for s in items]
-        np.cumsum(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)), out=off[1:])
-        return b"".join(enc), off
+        self._flush()
+        if not self.chunks:
+            return b"", np.zeros(1, dtype=np.int64)
+        try:
+            arrays = [c if isinstance(c, pa.Array) else pa.array(c, type=pa.string()) for c in self.chunks]
+        except (UnicodeError, pa.ArrowException) as exc:  # e.g. a lone surrogate: the Python path handles it
+            raise KernelError(f"strings not representable as UTF-8: {exc}") from None
+        arr = arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+        if arr.offset or arr.null_count:
+            arr = pa.concat_arrays([arr.fill_null("")]) if arr.null_count else pa.concat_arrays([arr])
+        bufs = arr.buffers()
+        off = np.frombuffer(bufs[1], dtype=np.int32, count=len(arr) + 1).astype(np.int64)
+        data = bufs[2].to_pybytes() if bufs[2] is not None else b""
+        if off[0]:
+            data = data[off[0] :]
+            off -= off[0]
+        return data[: int(off[-1])], off
 
 
 class BlobMap:
@@ -320,13 +353,13 @@ def run(
     o_known: np.ndarray,
     log_blobs: Sequence[bytes | None] | None = None,
     blob_map: BlobMap | None = None,
-    keys: Sequence[str] | None = None,
+    packed_keys: tuple[bytes, np.ndarray] | None = None,
 ) -> RunResult | tuple[np.ndarray, np.ndarray]:
     """One kernel call. Returns the result, or ``(entities, span starts)`` whose logs the reads need.
 
     With ``log_blobs`` (packed logs, one per entity: the embedded store) the kernel checks which events
     the logs already hold itself (``o_known`` is ignored), never asks for logs, and returns the new logs.
-    With ``blob_map`` (and the entity ``keys``) the states and logs are read from and written back to
+    With ``blob_map`` (and the entity keys packed as by :meth:`Strings.pack`) the states and logs are read from and written back to
     the map; ``blobs`` is ignored and the result's ``blobs`` only marks the changed entities.
     """
     lib = load()
@@ -344,9 +377,8 @@ def run(
         blob_buf = b"".join(b for b in blobs if b) or b"\x00"
     else:
         blob_buf = b"\x00"
-        ks = Strings()
-        ks.extend(keys or ())
-        kbuf, koff = ks.pack()
+        assert packed_keys is not None
+        kbuf, koff = packed_keys
         kbuf = kbuf or b"\x00"
     lblob_buf: bytes | None = None
     lblob_off = np.zeros(n_ent + 1, dtype=np.int64)
@@ -434,8 +466,8 @@ def run(
             buf = bytes(mv[: int(out_loff[n_ent])])
         changed = np.diff(out_off) > 0
         return RunResult(feat[: n * width].reshape(n, width), late_ns[:n], late_wm[:n],
-                         flags[: n * nns].reshape(n, nns), [b"" if x else None for x in changed.tolist()],
-                         out_wm[:n_ent], None, buf, out_off, out_loff, kbuf, koff)
+                         flags[: n * nns].reshape(n, nns), [], out_wm[:n_ent], None, buf, out_off, out_loff, kbuf, koff,
+                         changed)
     if mode == 0:
         with memoryview(out_buf) as mv:
             out_blobs = _slices(mv, out_off)

@@ -90,8 +90,8 @@ class PackedUpdates(Sequence[Update]):
     Stores with a blob map commit them in one C call; anything else can iterate them as :class:`Update` tuples.
     """
 
-    def __init__(self, res: kernel.RunResult, keys: list[str], sel: np.ndarray, floors: np.ndarray) -> None:
-        self.res, self.keys, self.sel, self.floors = res, keys, sel, floors
+    def __init__(self, res: kernel.RunResult, cols: batch.Columns, sel: np.ndarray, floors: np.ndarray) -> None:
+        self.res, self.cols, self.sel, self.floors = res, cols, sel, floors
 
     def __len__(self) -> int:
         return len(self.sel)
@@ -104,13 +104,13 @@ class PackedUpdates(Sequence[Update]):
 
     def __getitem__(self, i: int | slice) -> Update | PackedUpdates:
         if isinstance(i, slice):
-            return PackedUpdates(self.res, self.keys, self.sel[i], self.floors[i])
+            return PackedUpdates(self.res, self.cols, self.sel[i], self.floors[i])
         e = int(self.sel[i])
         r = self.res
         assert r.buf is not None and r.soff is not None and r.loff is not None
         state = r.buf[int(r.soff[e]) : int(r.soff[e + 1])]
         log_blob = r.buf[int(r.loff[e]) : int(r.loff[e + 1])]
-        return Update(self.keys[e], 0, state, [], int(self.floors[i]), log_blob)
+        return Update(self.cols.key(e), 0, state, [], int(self.floors[i]), log_blob)
 
 
 @dataclass
@@ -293,14 +293,14 @@ class TiledStore(FeatureStore):
             with gc_paused():
                 magic = codec.MAGIC_BYTES
                 if self.blob_map is not None:
-                    states = [None] * len(c.keys)
+                    states = [None] * len(c.ent_ns)
                 elif not all(b is None or b[:8] == magic for b in states):
                     states = [codec.legacy_to_packed(kl.ns_list[j], b) for b, j in zip(states, c.ent_ns.tolist(),
                                                                                      strict=True)]
                 args = (kl, mode, c.ent_ns, states)
                 cols = (c.ts, np.arange(c.n, dtype=np.int64), c.o_ent, c.num, c.ok, c.dv, known)
                 if self.blob_map is not None:
-                    res = kernel.run(*args, None, c.strings, *cols, None, self.blob_map, c.keys)
+                    res = kernel.run(*args, None, c.strings, *cols, None, self.blob_map, c.packed_keys)
                 else:
                     res = kernel.run(*args, None, c.strings, *cols, log_blobs)
             if isinstance(res, tuple):
@@ -311,8 +311,7 @@ class TiledStore(FeatureStore):
                     spans.setdefault(c.keys[e], []).append((st, st + r0))
                 fetched = await self._fetch_logs(spans)
                 logs = {e: fetched.get(c.keys[e], []) for e in dict.fromkeys(ents.tolist())}
-                strings = kernel.Strings()
-                strings.items = list(c.strings.items)
+                strings = c.strings.copy()
                 with gc_paused():
                     res = kernel.run(*args, logs, strings, *cols)
                 if isinstance(res, tuple):  # pragma: no cover - the kernel asked only once per entity
@@ -387,18 +386,21 @@ class TiledStore(FeatureStore):
                     result.features[i] = feats[q]
             for q in np.nonzero(res.late_ns >= 0)[0].tolist():
                 j = int(res.late_ns[q])
-                key = c.keys[int(c.o_ent[q, j])]
+                key = c.key(int(c.o_ent[q, j]))
                 result.late.append(LateEvent(idx[q], c.ids[q], int(c.ts[q]), int(res.late_wm[q]), key))
             result.duplicates += int(np.count_nonzero(res.flags == 2))
-            dirty = [e for e, b in enumerate(res.blobs) if b is not None]
-            keys = [c.keys[e] for e in dirty]
+            if res.changed is not None:
+                dirty = np.nonzero(res.changed)[0].tolist()
+            else:
+                dirty = [e for e, b in enumerate(res.blobs) if b is not None]
+            keys = [c.keys[e] for e in dirty] if res.buf is None else []
             retention = np.array([ns.log_retention_s * US for ns in kl.ns_list], dtype=np.int64)
             floors_a = res.wms[dirty] - retention[c.ent_ns[dirty]]
             floors = floors_a.tolist()
-            blobs = [res.blobs[e] or b"" for e in dirty]
+            blobs = [res.blobs[e] or b"" for e in dirty] if res.buf is None else []
             updates: Sequence[Update]
             if res.buf is not None:
-                updates = PackedUpdates(res, c.keys, np.array(dirty, dtype=np.int64), floors_a)
+                updates = PackedUpdates(res, c, np.array(dirty, dtype=np.int64), floors_a)
                 applied = int(np.count_nonzero(res.flags == 1))
             elif res.log_blobs is not None:
                 logs = [res.log_blobs[e] for e in dirty]
