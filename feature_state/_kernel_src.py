@@ -103,6 +103,7 @@ typedef struct {
   int32_t n_last, pad2; int64_t last_t[2]; Str last_i[2];
   Level lv[LMAX];
   Ev* log; int64_t nlog, caplog, nlog0;
+  const Ev** app; int64_t napp, capp;   /* events applied in this call, in fold order (commit records) */
   int32_t* idh; int64_t idcap;   /* hash of the parsed log's ids (packed-log mode) */
 } Ent;
 typedef struct { int32_t src, L, K, D; int64_t res[LMAX], ret[LMAX], logret; int32_t nf[KMAX], df[DMAX]; } NS;
@@ -658,7 +659,7 @@ static void encode(Ctx* C, Ent* E, Out* o) {
     for (int64_t s = 0; s < S; ++s) { if (strs[s].n) memcpy(o->buf + p, strs[s].p, (size_t)strs[s].n); p += strs[s].n; }
   }
   o->pos += off;
-  int64_t pad = (8 - (o->pos % 8)) % 8;
+  int64_t pad = (8 - ((o->pos - start) % 8)) % 8;   /* blob length: a multiple of 8 */
   if (out_room(o, pad)) memset(o->buf + o->pos, 0, (size_t)pad);
   o->pos += pad;
 }
@@ -766,7 +767,6 @@ static void encode_log(Ctx* C, Ent* E, Out* o) {
       wr(o, C->local[g]);
     }
   }
-  (void)start;
   wr(o, S);
   int64_t off = 0;
   wr(o, 0);
@@ -776,9 +776,66 @@ static void encode_log(Ctx* C, Ent* E, Out* o) {
     for (int64_t q = 0; q < S; ++q) { if (strs[q].n) memcpy(o->buf + p, strs[q].p, (size_t)strs[q].n); p += strs[q].n; }
   }
   o->pos += off;
-  int64_t pad = (8 - (o->pos % 8)) % 8;
+  int64_t pad = (8 - ((o->pos - start) % 8)) % 8;   /* blob length: a multiple of 8 */
   if (out_room(o, pad)) memset(o->buf + o->pos, 0, (size_t)pad);
   o->pos += pad;
+}
+
+/* ---------------------------------------------------------------- commit records (Redis batch script) */
+static void wbytes(Out* o, const void* p, int64_t n) { if (out_room(o, n) && n) memcpy(o->buf + o->pos, p, (size_t)n); o->pos += n; }
+static void wi4(Out* o, int32_t v) { wbytes(o, &v, 4); }
+static void wbe(Out* o, uint64_t v, int n) { uint8_t b[8]; for (int k = 0; k < n; ++k) b[k] = (uint8_t)(v >> (8 * (n - 1 - k))); wbytes(o, b, n); }
+static void mp_str(Out* o, Str s) { uint8_t t = 0xdb; wbytes(o, &t, 1); wbe(o, (uint64_t)s.n, 4); wbytes(o, s.p, s.n); }
+static void mp_int(Out* o, int64_t v) { uint8_t t = 0xd3; wbytes(o, &t, 1); wbe(o, (uint64_t)v, 8); }
+static void mp_nil(Out* o) { uint8_t t = 0xc0; wbytes(o, &t, 1); }
+static void mp_arr(Out* o, int64_t n) { uint8_t t = 0xdd; wbytes(o, &t, 1); wbe(o, (uint64_t)n, 4); }
+/* one event as msgpack [ts, id, [nums], [dvals]] (windows.encode_event's format) */
+static void mp_event(Ctx* C, Out* o, const NS* ns, const Ev* e) {
+  mp_arr(o, 4); mp_int(o, e->ts); mp_str(o, e->id);
+  mp_arr(o, ns->K);
+  for (int k = 0; k < ns->K; ++k) { if (e->ok[k]) mp_int(o, e->num[k]); else mp_nil(o); }
+  mp_arr(o, ns->D);
+  for (int d = 0; d < ns->D; ++d) { if (e->dv[d] >= 0) mp_str(o, C->gs[e->dv[d]]); else mp_nil(o); }
+}
+static int dec(char* b, int64_t v) {   /* decimal digits of v into b; returns the length */
+  char t[24]; int n = 0, neg = v < 0;
+  uint64_t u = neg ? (uint64_t)(-(v + 1)) + 1 : (uint64_t)v;
+  do { t[n++] = (char)('0' + (u % 10)); u /= 10; } while (u);
+  int k = 0;
+  if (neg) b[k++] = '-';
+  while (n) b[k++] = t[--n];
+  return k;
+}
+/* One entity's commit record for the Redis batch script:
+   header <i4 x6: name, version, new version, state, floor lengths, event count; then those fields
+   (numbers as decimal text, the floor as "(<µs>" for ZRANGEBYSCORE); then per event
+   <i4 x3: id, ts, value lengths, and the id, the ts (decimal) and the value (msgpack, encode_event's format). */
+static void write_record(Ctx* C, Ent* E, Str name, int64_t version, Out* o) {
+  const NS* ns = &C->ns[E->ns];
+  char vb[24], wb[24], fb[26];
+  int vl = dec(vb, version), wl = dec(wb, version + 1);
+  fb[0] = '(';
+  int fl = 1 + dec(fb + 1, E->wm - ns->logret * US);
+  int64_t h = o->pos;
+  wi4(o, (int32_t)name.n); wi4(o, vl); wi4(o, wl); wi4(o, 0); wi4(o, fl); wi4(o, (int32_t)E->napp);
+  wbytes(o, name.p, name.n); wbytes(o, vb, vl); wbytes(o, wb, wl);
+  int64_t s0 = o->pos;
+  encode(C, E, o);
+  int32_t sl = (int32_t)(o->pos - s0);
+  if (!o->overflow) memcpy(o->buf + h + 12, &sl, 4);
+  wbytes(o, fb, fl);
+  for (int64_t q = 0; q < E->napp; ++q) {
+    const Ev* e = E->app[q];
+    char tb[24];
+    int tl = dec(tb, e->ts);
+    int64_t h2 = o->pos;
+    wi4(o, (int32_t)e->id.n); wi4(o, tl); wi4(o, 0);
+    wbytes(o, e->id.p, e->id.n); wbytes(o, tb, tl);
+    int64_t p0 = o->pos;
+    mp_event(C, o, ns, e);
+    int32_t el = (int32_t)(o->pos - p0);
+    if (!o->overflow) memcpy(o->buf + h2 + 8, &el, 4);
+  }
 }
 
 /* ---------------------------------------------------------------- blob map (the embedded store's memory) */
@@ -945,6 +1002,7 @@ static int parse_cfg(Ctx* C, const int64_t* cfg) {
   mode 0: apply (fold in (ts, id) order, lateness, duplicates, new blobs); 1: read (nothing applied).
   Order columns: o_ts[n], o_id[n] (string index), o_ent[n*n_ns] (entity or -1), o_num[n*NF], o_ok[n*NF],
   o_dv[n*DF] (string index or -1), o_known[n*n_ns].
+  Stored states: entity e is blob_buf[blob_pos[2e] .. blob_pos[2e] + blob_pos[2e+1]) (length 0: empty).
   Log columns: log_off[n_ent+1] rows of lg_ts, lg_id, lg_num[KMAX], lg_ok[KMAX], lg_dv[DMAX].
   Strings: sbuf + soff[n_str+1].
   Outputs: feat[n*(n_feat+n_sp)], late_ns[n], late_wm[n], o_flag[n*n_ns] (1 applied, 2 duplicate),
@@ -952,7 +1010,7 @@ static int parse_cfg(Ctx* C, const int64_t* cfg) {
   *out_need (bytes needed on R_OUT_SMALL).
 */
 int64_t fs_run(const int64_t* cfg, int64_t mode,
-               int64_t n_ent, const int64_t* ent_ns, const uint8_t* blob_buf, const int64_t* blob_off,
+               int64_t n_ent, const int64_t* ent_ns, const uint8_t* blob_buf, const int64_t* blob_pos,
                const uint8_t* has_log, const int64_t* log_off, const int64_t* lg_ts, const int64_t* lg_id,
                const int64_t* lg_num, const uint8_t* lg_ok, const int64_t* lg_dv,
                const uint8_t* sbuf, const int64_t* soff, int64_t n_str,
@@ -962,7 +1020,7 @@ int64_t fs_run(const int64_t* cfg, int64_t mode,
                int64_t* need_ent, int64_t* need_start, int64_t* n_need,
                uint8_t* out_buf, int64_t out_cap, int64_t* out_off, int64_t* out_wm, int64_t* out_need,
                const uint8_t* lblob_buf, const int64_t* lblob_off, int64_t* out_loff,
-               void* map, const uint8_t* kbuf, const int64_t* koff) {
+               void* map, const uint8_t* kbuf, const int64_t* koff, const int64_t* versions) {
   Ctx* C = (Ctx*)calloc(1, sizeof(Ctx));
   if (C == NULL) return R_NOMEM;
   volatile int64_t rc = R_OK;
@@ -994,7 +1052,7 @@ int64_t fs_run(const int64_t* cfg, int64_t mode,
       if (r) { rc = r; goto done; }
       continue;
     }
-    int r = parse_ent(C, E, blob_buf + blob_off[e], blob_off[e + 1] - blob_off[e]);
+    int r = parse_ent(C, E, blob_buf + blob_pos[2 * e], blob_pos[2 * e + 1]);
     if (r) { rc = r; goto done; }
     if (lblob_buf != NULL) {
       int r2 = parse_log(C, E, lblob_buf + lblob_off[e], lblob_off[e + 1] - lblob_off[e]);
@@ -1114,6 +1172,15 @@ int64_t fs_run(const int64_t* cfg, int64_t mode,
       fold(C, E, ev[j]);
       E->dirty = 1;
       o_flag[i * NN + j] = 1;
+      if (versions != NULL) {
+        if (E->napp == E->capp) {
+          int64_t nc = E->capp * 2 + 4;
+          const Ev** na = (const Ev**)aalloc(&C->ar, sizeof(Ev*) * nc);
+          if (E->napp) memcpy(na, E->app, sizeof(Ev*) * E->napp);
+          E->app = na; E->capp = nc;
+        }
+        E->app[E->napp++] = ev[j];
+      }
       if (E->has_log) {
         if (E->nlog == E->caplog) {
           int64_t nc = E->caplog * 2 + 16;
@@ -1125,7 +1192,21 @@ int64_t fs_run(const int64_t* cfg, int64_t mode,
       }
     }
   }
-  if (mode == 0) {
+  if (mode == 0 && versions != NULL) {   /* commit records for the Redis batch script */
+    Out o = {out_buf, out_cap, 0, 0, 0};
+    for (int64_t e = 0; e < n_ent; ++e) {
+      Ent* E = &C->ents[e];
+      out_off[e] = o.pos;
+      out_wm[e] = E->wm;
+      if (!E->dirty) continue;
+      areset(&C->scr);
+      prune(C, E);
+      Str name = {(const char*)kbuf + koff[e], koff[e + 1] - koff[e]};
+      write_record(C, E, name, versions[e], &o);
+    }
+    out_off[n_ent] = o.pos;
+    if (o.overflow) { *out_need = o.pos; rc = R_OUT_SMALL; }
+  } else if (mode == 0) {
     Out o = {out_buf, out_cap, 0, 0, 0};
     for (int64_t e = 0; e < n_ent; ++e) {
       Ent* E = &C->ents[e];

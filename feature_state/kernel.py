@@ -81,7 +81,8 @@ def load(cache_dir: Path | None = None) -> Any:
             fn = dll.fs_run
             fn.restype = ctypes.c_int64
             P, N = ctypes.c_void_p, ctypes.c_int64
-            fn.argtypes = [P, N, N, *([P] * 10), P, P, N, N, *([P] * 7), *([P] * 7), P, N, P, P, P, P, P, P, P, P, P]
+            fn.argtypes = [P, N, N, *([P] * 10), P, P, N, N, *([P] * 7), *([P] * 7), P, N, P, P, P, P, P, P, P, P, P,
+                           P]
             for name, res, args in (
                 ("fs_map_new", P, []), ("fs_map_free", None, [P]), ("fs_map_put", N, [P, P, N, P, N, P, N]),
                 ("fs_map_stats", None, [P, P]), ("fs_map_get", N, [P, N, P, P, N, P, N, P]),
@@ -124,7 +125,9 @@ class RunResult:
     loff: np.ndarray | None = None
     kbuf: bytes | None = None
     koff: np.ndarray | None = None
-    changed: np.ndarray | None = None  #: map mode: per entity, True when the batch changed it
+    changed: np.ndarray | None = None  #: map / records mode: per entity, True when the batch changed it
+    #: records mode: commit record e = buf[soff[e]:soff[e+1]] (see ``write_record`` in the C source)
+    records: bool = False
 
 
 class KernelLayout:
@@ -341,7 +344,7 @@ def run(
     kl: KernelLayout,
     mode: int,
     ent_ns: np.ndarray,
-    blobs: Sequence[bytes | None],
+    blobs: Sequence[bytes | None] | tuple[bytes, np.ndarray],
     logs: Mapping[int, Sequence[LogEvent]] | None,
     strings: Strings,
     o_ts: np.ndarray,
@@ -354,13 +357,18 @@ def run(
     log_blobs: Sequence[bytes | None] | None = None,
     blob_map: BlobMap | None = None,
     packed_keys: tuple[bytes, np.ndarray] | None = None,
+    versions: np.ndarray | None = None,
 ) -> RunResult | tuple[np.ndarray, np.ndarray]:
     """One kernel call. Returns the result, or ``(entities, span starts)`` whose logs the reads need.
 
     With ``log_blobs`` (packed logs, one per entity: the embedded store) the kernel checks which events
     the logs already hold itself (``o_known`` is ignored), never asks for logs, and returns the new logs.
-    With ``blob_map`` (and the entity keys packed as by :meth:`Strings.pack`) the states and logs are read from and written back to
-    the map; ``blobs`` is ignored and the result's ``blobs`` only marks the changed entities.
+    With ``blob_map`` (and the entity keys packed as by :meth:`Strings.pack`) the states and logs are
+    read from the map and the new ones returned packed (``buf``, ``soff``, ``loff``) for a bulk put.
+    ``blobs`` may also be ``(buffer, positions)``: entity e's state is
+    ``buffer[pos[2e]:pos[2e] + pos[2e+1]]``.
+    With ``versions`` (per entity, and ``packed_keys``) the output is one commit record per changed
+    entity for the Redis batch script instead of bare states.
     """
     lib = load()
     if lib is None:  # pragma: no cover - callers check availability first
@@ -368,18 +376,26 @@ def run(
     n_ent = len(ent_ns)
     n = len(o_ts)
     nns = len(kl.ns_list)
-    blob_off = np.zeros(n_ent + 1, dtype=np.int64)
     kbuf: bytes | None = None
-    koff = blob_off
-    if blob_map is None:
-        lens = np.fromiter((len(b) if b else 0 for b in blobs), dtype=np.int64, count=n_ent)
-        np.cumsum(lens, out=blob_off[1:])
-        blob_buf = b"".join(b for b in blobs if b) or b"\x00"
-    else:
-        blob_buf = b"\x00"
-        assert packed_keys is not None
+    koff = np.zeros(1, dtype=np.int64)
+    if packed_keys is not None:
         kbuf, koff = packed_keys
         kbuf = kbuf or b"\x00"
+    blob_total = 0
+    if blob_map is not None:
+        blob_buf = b"\x00"
+        blob_pos = np.zeros(2 * n_ent + 1, dtype=np.int64)
+    elif isinstance(blobs, tuple):
+        blob_buf, blob_pos = blobs
+        blob_total = len(blob_buf)
+    else:
+        lens = np.fromiter((len(b) if b else 0 for b in blobs), dtype=np.int64, count=n_ent)
+        blob_pos = np.zeros(2 * n_ent + 1, dtype=np.int64)
+        np.cumsum(lens[:-1], out=blob_pos[2 : 2 * n_ent : 2])
+        blob_pos[1 : 2 * n_ent : 2] = lens
+        blob_buf = b"".join(b for b in blobs if b)
+        blob_total = len(blob_buf)
+    blob_buf = blob_buf or b"\x00"
     lblob_buf: bytes | None = None
     lblob_off = np.zeros(n_ent + 1, dtype=np.int64)
     if log_blobs is not None:
@@ -427,12 +443,13 @@ def run(
     out_off = np.zeros(n_ent + 1, dtype=np.int64)
     out_wm = np.zeros(n_ent + 1, dtype=np.int64)
     out_need = np.zeros(1, dtype=np.int64)
-    cap = int(blob_off[-1]) * 2 + int(lblob_off[-1]) + n * nns * 768 + 65536 if mode == 0 and blob_map is None else 8
+    cap = blob_total * 2 + int(lblob_off[-1]) + n * nns * 768 + 65536 if mode == 0 and blob_map is None else 8
     o_id = np.ascontiguousarray(o_id, dtype=np.int64)
     arrays = [ent_ns, o_ts, o_id, o_ent, o_num, o_ok, o_dv, o_known]
     ent_ns, o_ts, o_id, o_ent, o_num, o_ok, o_dv, o_known = (
         np.ascontiguousarray(a) if a.size else np.zeros(1, dtype=a.dtype) for a in arrays
     )
+    vers = np.ascontiguousarray(versions, dtype=np.int64) if versions is not None else None
     while True:
         if len(kl.out_buf) < cap:
             kl.out_buf = bytearray(max(cap, 2 * len(kl.out_buf)))
@@ -440,7 +457,7 @@ def run(
         cap = len(out_buf)
         out_c = (ctypes.c_char * cap).from_buffer(out_buf)
         rc = lib.fs_run(
-            _ptr(kl.cfg), mode, n_ent, _ptr(ent_ns), blob_buf, _ptr(blob_off),
+            _ptr(kl.cfg), mode, n_ent, _ptr(ent_ns), blob_buf, _ptr(blob_pos),
             _ptr(has_log), _ptr(log_off), _ptr(lg_ts), _ptr(lg_id), _ptr(lg_num), _ptr(lg_ok), _ptr(lg_dv),
             sbuf, _ptr(soff), len(soff) - 1,
             n, _ptr(o_ts), _ptr(o_id), _ptr(o_ent), _ptr(o_num), _ptr(o_ok), _ptr(o_dv), _ptr(o_known),
@@ -448,6 +465,7 @@ def run(
             ctypes.addressof(out_c), cap, _ptr(out_off), _ptr(out_wm), _ptr(out_need),
             lblob_buf, _ptr(lblob_off), _ptr(out_loff),
             blob_map.handle if blob_map is not None else None, kbuf, _ptr(koff),
+            _ptr(vers) if vers is not None else None,
         )
         del out_c
         if rc == R_OUT_SMALL:
@@ -461,6 +479,12 @@ def run(
         raise KernelError(f"kernel returned {rc}")
     out_blobs: list[bytes | None] = [None] * n_ent
     out_logs: list[bytes | None] | None = None
+    if mode == 0 and vers is not None:
+        with memoryview(out_buf) as mv:
+            buf = bytes(mv[: int(out_off[n_ent])])
+        return RunResult(feat[: n * width].reshape(n, width), late_ns[:n], late_wm[:n],
+                         flags[: n * nns].reshape(n, nns), [], out_wm[:n_ent], None, buf, out_off, None, kbuf, koff,
+                         np.diff(out_off) > 0, True)
     if mode == 0 and blob_map is not None:
         with memoryview(out_buf) as mv:
             buf = bytes(mv[: int(out_loff[n_ent])])

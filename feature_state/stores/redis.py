@@ -29,9 +29,12 @@ they live in one slot:
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+import pyarrow as pa
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -40,11 +43,11 @@ from redis.retry import Retry
 
 from contracts.config import FeatureStoreSettings
 from contracts.exceptions import ConfigError
-from feature_state import metrics
+from feature_state import batch, kernel, metrics
 from feature_state.definitions import FeatureSet
 from feature_state.exceptions import FeatureStoreUnavailable
 from feature_state.layout import LogEvent
-from feature_state.stores.tiled import Loaded, TiledStore, Update
+from feature_state.stores.tiled import Loaded, PackedUpdates, TiledStore, Update
 from feature_state.windows import decode_event, encode_event
 
 T = TypeVar("T")
@@ -84,8 +87,111 @@ end
 return out
 """
 
+# Batch scripts (one Redis node): a micro-batch is one pipelined round trip of _LOAD_BATCH calls and
+# one of _COMMIT_BATCH calls, each over a chunk of entities. Arguments and replies are flat
+# little-endian binary payloads (Lua's struct library), built and read by numpy and the kernel, so
+# neither side handles one Redis argument or reply element per entity. The scripts name their keys
+# from the payload ("<prefix>:{<entity>}:<part>"): a standalone Redis allows it; Redis Cluster needs
+# declared keys, so a cluster store sends the per-entity commands above instead.
+
+_LOAD_BATCH = """
+local prefix, n, names, ids = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local vers, lens, flags, states = {}, {}, {}, {}
+local npos = 1 + 4 * n
+local m = 0
+for i = 1, n do m = m + struct.unpack('<i4', ids, 4 * i - 3) end
+local lpos, dpos = 1 + 4 * n, 1 + 4 * n + 4 * m
+for i = 1, n do
+  local nl = struct.unpack('<i4', names, 4 * i - 3)
+  local base = prefix .. ':{' .. string.sub(names, npos, npos + nl - 1) .. '}:'
+  npos = npos + nl
+  local r = redis.call('MGET', base .. 'v', base .. 's')
+  vers[i] = struct.pack('<d', tonumber(r[1] or '0'))
+  if r[2] then lens[i] = struct.pack('<i4', #r[2]); states[#states + 1] = r[2]
+  else lens[i] = struct.pack('<i4', -1) end
+  local c = struct.unpack('<i4', ids, 4 * i - 3)
+  if c > 0 and not r[2] then
+    -- no state, no log: both are written by one script with one TTL (script time is frozen)
+    for q = 1, c do
+      local l = struct.unpack('<i4', ids, lpos)
+      lpos = lpos + 4
+      dpos = dpos + l
+      flags[#flags + 1] = '\\0'
+    end
+  elseif c > 0 then
+    local args = {}
+    for q = 1, c do
+      local l = struct.unpack('<i4', ids, lpos)
+      lpos = lpos + 4
+      args[q] = string.sub(ids, dpos, dpos + l - 1)
+      dpos = dpos + l
+    end
+    for a = 1, c, 1000 do
+      local sc = redis.call('ZMSCORE', base .. 'l', unpack(args, a, math.min(a + 999, c)))
+      for q = 1, #sc do flags[#flags + 1] = sc[q] and '\\1' or '\\0' end
+    end
+  end
+end
+return table.concat(vers) .. table.concat(lens) .. table.concat(flags) .. table.concat(states)
+"""
+
+_COMMIT_BATCH = """
+local prefix, ttl, p = ARGV[1], ARGV[2], ARGV[3]
+local n, pos = struct.unpack('<i4', p, 1)
+local out = {}
+for i = 1, n do
+  local nl, vl, wl, sl, fl, ne, q = struct.unpack('<i4i4i4i4i4i4', p, pos)
+  local base = prefix .. ':{' .. string.sub(p, q, q + nl - 1) .. '}:'
+  q = q + nl
+  local ver = string.sub(p, q, q + vl - 1)
+  q = q + vl
+  local newver = string.sub(p, q, q + wl - 1)
+  q = q + wl
+  local sq = q
+  q = q + sl
+  local floor = string.sub(p, q, q + fl - 1)
+  q = q + fl
+  if (redis.call('GET', base .. 'v') or '0') ~= ver then
+    out[i] = '0'
+    for _ = 1, ne do
+      local il, tl, el, r = struct.unpack('<i4i4i4', p, q)
+      q = r + il + tl + el
+    end
+  else
+    out[i] = '1'
+    redis.call('SET', base .. 's', string.sub(p, sq, sq + sl - 1), 'PX', ttl)
+    redis.call('SET', base .. 'v', newver, 'PX', ttl)
+    if ne > 0 then
+      local z, h = {}, {}
+      for e = 1, ne do
+        local il, tl, el, r = struct.unpack('<i4i4i4', p, q)
+        local id = string.sub(p, r, r + il - 1)
+        z[2 * e - 1] = string.sub(p, r + il, r + il + tl - 1)
+        z[2 * e] = id
+        h[2 * e - 1] = id
+        h[2 * e] = string.sub(p, r + il + tl, r + il + tl + el - 1)
+        q = r + il + tl + el
+      end
+      for a = 1, #z, 1000 do redis.call('ZADD', base .. 'l', unpack(z, a, math.min(a + 999, #z))) end
+      for a = 1, #h, 1000 do redis.call('HSET', base .. 'e', unpack(h, a, math.min(a + 999, #h))) end
+    end
+    local old = redis.call('ZRANGEBYSCORE', base .. 'l', '-inf', floor)
+    if #old > 0 then
+      for j = 1, #old, 500 do redis.call('HDEL', base .. 'e', unpack(old, j, math.min(j + 499, #old))) end
+      redis.call('ZREMRANGEBYSCORE', base .. 'l', '-inf', floor)
+    end
+    redis.call('PEXPIRE', base .. 'l', ttl)
+    redis.call('PEXPIRE', base .. 'e', ttl)
+  end
+  pos = q
+end
+return table.concat(out)
+"""
+
 #: Entities per pipeline (bounds memory and the time of one round trip).
 CHUNK = 2000
+#: Entities per batch-script call: bounds how long one call holds Redis (other clients wait meanwhile).
+SCRIPT_ENTITIES = 200
 
 
 
@@ -153,6 +259,9 @@ class RedisStore(TiledStore):
     async def _scripts(self, client: Any) -> dict[str, str]:
         if not self._sha:
             self._sha = {"commit": await client.script_load(_COMMIT), "log": await client.script_load(_LOG)}
+            if not self.cluster:
+                self._sha["load_batch"] = await client.script_load(_LOAD_BATCH)
+                self._sha["commit_batch"] = await client.script_load(_COMMIT_BATCH)
         return self._sha
 
     async def _run_scripts(self, client: Any, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
@@ -173,6 +282,76 @@ class RedisStore(TiledStore):
                     raise r
             return out
         raise AssertionError("unreachable")  # pragma: no cover
+
+    # ------------------------------------------------------------------ batch scripts (one node)
+
+    async def _load_batch(self, kl: kernel.KernelLayout, c: batch.Columns) -> tuple[bytes, np.ndarray, np.ndarray,
+                                                                                   np.ndarray]:
+        """States, versions and already-logged flags of a batch's entities in one round trip.
+
+        Returns ``(buffer, positions, versions, known)`` as the kernel takes them (``known``: orders ×
+        namespaces, 1 where that entity's log already holds the order). None on a cluster (the scripts
+        name keys of many slots), which loads per entity.
+        """
+        if self.cluster:
+            return None
+        n = len(c.ent_ns)
+        kbuf, koff = c.packed_keys
+        oe = c.o_ent[:, kl.is_orders]
+        ns_of_col = np.nonzero(kl.is_orders)[0]
+        rows, cols = np.nonzero(oe >= 0)
+        ents = oe[rows, cols]
+        order = np.argsort(ents, kind="stable")
+        rows, cols, ents = rows[order], cols[order], ents[order]
+        counts = np.bincount(ents, minlength=n).astype(np.int64)
+        first = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=first[1:])
+        ids = kernel.Strings()
+        ids.extend(pa.array(c.ids, type=pa.string()).take(pa.array(rows)))
+        idbuf, idoff = ids.pack()
+        klen = np.diff(koff).astype("<i4")
+        idlen = np.diff(idoff).astype("<i4")
+        chunks = [(a, min(n, a + SCRIPT_ENTITIES)) for a in range(0, n, SCRIPT_ENTITIES)]
+        calls: list[tuple[str, list[str], list[Any]]] = []
+        for a, z in chunks:
+            names = klen[a:z].tobytes() + kbuf[koff[a] : koff[z]]
+            pa_, pz = first[a], first[z]
+            idpay = counts[a:z].astype("<i4").tobytes() + idlen[pa_:pz].tobytes() + idbuf[idoff[pa_] : idoff[pz]]
+            calls.append(("load_batch", [], [self.key_prefix, str(z - a), names, idpay]))
+        replies = await self._guard("load", self.write_timeout_s, lambda: self._run_scripts(self.writer, calls))
+        versions = np.zeros(n, dtype=np.int64)
+        pos = np.zeros(2 * n + 1, dtype=np.int64)
+        flags = np.zeros(len(rows), dtype=np.uint8)
+        base = 0
+        for (a, z), r in zip(chunks, replies, strict=True):
+            k, m = z - a, int(first[z] - first[a])
+            versions[a:z] = np.frombuffer(r, dtype="<f8", count=k, offset=0).astype(np.int64)
+            lens = np.frombuffer(r, dtype="<i4", count=k, offset=8 * k).astype(np.int64)
+            flags[first[a] : first[z]] = np.frombuffer(r, dtype=np.uint8, count=m, offset=12 * k)
+            sizes = np.maximum(lens, 0)
+            starts = base + 12 * k + m + np.concatenate(([0], np.cumsum(sizes)[:-1]))
+            pos[2 * a : 2 * z : 2] = starts
+            pos[2 * a + 1 : 2 * z + 1 : 2] = sizes
+            base += len(r)
+        known = np.zeros(c.o_ent.shape, dtype=np.uint8)
+        known[rows, ns_of_col[cols]] = flags
+        return b"".join(replies), pos, versions, known
+
+    async def _commit_records(self, updates: PackedUpdates) -> list[str]:
+        """Commit a kernel's records in one pipelined round trip of batch scripts; returns the conflicts."""
+        r = updates.res
+        assert r.buf is not None and r.soff is not None
+        buf, off = r.buf, r.soff.tolist()
+        sel = updates.sel.tolist()
+        ttl_ms = str(self.layout.ttl_s * 1000)
+        calls: list[tuple[str, list[str], list[Any]]] = []
+        for a in range(0, len(sel), SCRIPT_ENTITIES):
+            part = sel[a : a + SCRIPT_ENTITIES]
+            payload = struct.pack("<i", len(part)) + b"".join(buf[off[e] : off[e + 1]] for e in part)
+            calls.append(("commit_batch", [], [self.key_prefix, ttl_ms, payload]))
+        replies = await self._guard("commit", self.write_timeout_s, lambda: self._run_scripts(self.writer, calls))
+        flags = b"".join(replies)
+        return [updates.cols.key(e) for e, ok in zip(sel, flags, strict=True) if ok != ord("1")]
 
     # ------------------------------------------------------------------ primitives
 
@@ -222,6 +401,8 @@ class RedisStore(TiledStore):
         return {k: [decode_event(raw) for raw in r] for k, r in zip(keys, replies, strict=True)}
 
     async def _commit(self, updates: Sequence[Update]) -> list[str]:
+        if isinstance(updates, PackedUpdates) and updates.res.records:
+            return await self._commit_records(updates)
         ttl_ms = str(self.layout.ttl_s * 1000)
         calls = []
         for u in updates:

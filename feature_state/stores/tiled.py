@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import struct
 import time
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
@@ -85,13 +86,17 @@ class Update(NamedTuple):
 
 
 class PackedUpdates(Sequence[Update]):
-    """One batch's writes as the kernel left them (map mode): packed, materialised only on access.
+    """One batch's writes as the kernel left them: packed, materialised only on access.
 
-    Stores with a blob map commit them in one C call; anything else can iterate them as :class:`Update` tuples.
+    Map mode (the embedded store) holds each changed entity's state and log; records mode (the Redis
+    batch script) one commit record per entity. The store commits them in bulk; anything else
+    (the conflict path, tests) can iterate them as :class:`Update` tuples.
     """
 
-    def __init__(self, res: kernel.RunResult, cols: batch.Columns, sel: np.ndarray, floors: np.ndarray) -> None:
-        self.res, self.cols, self.sel, self.floors = res, cols, sel, floors
+    def __init__(self, res: kernel.RunResult, kl: kernel.KernelLayout, cols: batch.Columns, sel: np.ndarray,
+                 floors: np.ndarray) -> None:
+        self.res, self.kl, self.cols, self.sel, self.floors = res, kl, cols, sel, floors
+        self._events: dict[str, list[LogEvent]] | None = None
 
     def __len__(self) -> int:
         return len(self.sel)
@@ -104,13 +109,27 @@ class PackedUpdates(Sequence[Update]):
 
     def __getitem__(self, i: int | slice) -> Update | PackedUpdates:
         if isinstance(i, slice):
-            return PackedUpdates(self.res, self.cols, self.sel[i], self.floors[i])
+            out = PackedUpdates(self.res, self.kl, self.cols, self.sel[i], self.floors[i])
+            out._events = self._events
+            return out
+        if self._events is None:
+            self._events = batch.applied_events(self.kl, self.cols, self.res.flags)
         e = int(self.sel[i])
         r = self.res
-        assert r.buf is not None and r.soff is not None and r.loff is not None
+        assert r.buf is not None and r.soff is not None
+        key = self.cols.key(e)
+        events = self._events.get(key, [])
+        if r.records:  # header, name, version, new version, state, ... (write_record in the C source)
+            p = int(r.soff[e])
+            nl, vl, wl, sl, _fl, _ne = struct.unpack_from("<6i", r.buf, p)
+            p += 24 + nl
+            version = int(r.buf[p : p + vl])
+            p += vl + wl
+            return Update(key, version, r.buf[p : p + sl], events, int(self.floors[i]))
+        assert r.loff is not None
         state = r.buf[int(r.soff[e]) : int(r.soff[e + 1])]
         log_blob = r.buf[int(r.loff[e]) : int(r.loff[e + 1])]
-        return Update(self.cols.key(e), 0, state, [], int(self.floors[i]), log_blob)
+        return Update(key, 0, state, events, int(self.floors[i]), log_blob)
 
 
 @dataclass
@@ -166,6 +185,13 @@ class TiledStore(FeatureStore):
     async def _load_packed(self, keys: Sequence[str]) -> tuple[list[bytes | None], list[bytes | None]]:
         """Stores with ``packed_logs``: the stored state and packed log of each key."""
         raise NotImplementedError
+
+    async def _load_batch(
+        self, kl: kernel.KernelLayout, c: batch.Columns
+    ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Stores with batch scripts: ``(buffer, positions, versions, known)`` of a batch in one round
+        trip, and ``_commit`` accepts the kernel's commit records. None: not supported."""
+        return None
 
     # ------------------------------------------------------------------ kernel
 
@@ -284,25 +310,22 @@ class TiledStore(FeatureStore):
         kl: kernel.KernelLayout,
         mode: int,
         c: batch.Columns,
-        states: list[bytes | None],
+        states: list[bytes | None] | tuple[bytes, np.ndarray],
         known: np.ndarray,
         log_blobs: list[bytes | None] | None = None,
+        versions: np.ndarray | None = None,
     ) -> kernel.RunResult | None:
         """One kernel call, fetching the logs it asks for once; None: use the Python path instead."""
         try:
             with gc_paused():
-                magic = codec.MAGIC_BYTES
                 if self.blob_map is not None:
                     states = [None] * len(c.ent_ns)
-                elif not all(b is None or b[:8] == magic for b in states):
-                    states = [codec.legacy_to_packed(kl.ns_list[j], b) for b, j in zip(states, c.ent_ns.tolist(),
-                                                                                     strict=True)]
+                else:
+                    states = _packed_states(kl, c, states)
                 args = (kl, mode, c.ent_ns, states)
                 cols = (c.ts, np.arange(c.n, dtype=np.int64), c.o_ent, c.num, c.ok, c.dv, known)
-                if self.blob_map is not None:
-                    res = kernel.run(*args, None, c.strings, *cols, None, self.blob_map, c.packed_keys)
-                else:
-                    res = kernel.run(*args, None, c.strings, *cols, log_blobs)
+                keys = c.packed_keys if self.blob_map is not None or versions is not None else None
+                res = kernel.run(*args, None, c.strings, *cols, log_blobs, self.blob_map, keys, versions)
             if isinstance(res, tuple):
                 ents, starts = res
                 spans: dict[str, list[tuple[int, int]]] = {}
@@ -313,7 +336,7 @@ class TiledStore(FeatureStore):
                 logs = {e: fetched.get(c.keys[e], []) for e in dict.fromkeys(ents.tolist())}
                 strings = c.strings.copy()
                 with gc_paused():
-                    res = kernel.run(*args, logs, strings, *cols)
+                    res = kernel.run(*args, logs, strings, *cols, None, None, keys, versions)
                 if isinstance(res, tuple):  # pragma: no cover - the kernel asked only once per entity
                     raise kernel.KernelError("kernel asked for logs twice")
             return res
@@ -362,8 +385,13 @@ class TiledStore(FeatureStore):
             return None
         log_blobs: list[bytes | None] | None = None
         versions: dict[str, int] = {}
-        states: list[bytes | None] = []
-        if self.blob_map is not None:
+        states: list[bytes | None] | tuple[bytes, np.ndarray] = []
+        vers_arr: np.ndarray | None = None
+        batched = None if self.blob_map is not None or self.packed_logs else await self._load_batch(kl, c)
+        if batched is not None:
+            buf, pos, vers_arr, known = batched
+            states = (buf, pos)
+        elif self.blob_map is not None:
             known = np.zeros(c.o_ent.shape, dtype=np.uint8)
         elif self.packed_logs:
             states, log_blobs = await self._load_packed(c.keys)
@@ -374,7 +402,7 @@ class TiledStore(FeatureStore):
             versions = loaded.versions
             with gc_paused():
                 known = batch.known_flags(c, loaded.known)
-        res = await self._run_kernel(kl, 0, c, states, known, log_blobs)
+        res = await self._run_kernel(kl, 0, c, states, known, log_blobs, vers_arr)
         if res is None:
             return None
         with gc_paused():
@@ -400,7 +428,7 @@ class TiledStore(FeatureStore):
             blobs = [res.blobs[e] or b"" for e in dirty] if res.buf is None else []
             updates: Sequence[Update]
             if res.buf is not None:
-                updates = PackedUpdates(res, c, np.array(dirty, dtype=np.int64), floors_a)
+                updates = PackedUpdates(res, kl, c, np.array(dirty, dtype=np.int64), floors_a)
                 applied = int(np.count_nonzero(res.flags == 1))
             elif res.log_blobs is not None:
                 logs = [res.log_blobs[e] for e in dirty]
@@ -415,7 +443,7 @@ class TiledStore(FeatureStore):
                 applied = -1
             per_order = (c.o_ent[:, kl.is_orders] >= 0).sum(axis=1).tolist()
         final = await self._commit_all(updates, result)
-        result.applied = applied if applied >= 0 else sum(len(u.events) for u in final)
+        result.applied = applied if applied >= 0 and final is updates else sum(len(u.events) for u in final)
         return [int(x) for x in per_order]
 
     async def _apply_python(self, orders: Sequence[Order], idx: list[int], result: BatchResult) -> list[int]:
@@ -575,3 +603,26 @@ class TiledStore(FeatureStore):
             metrics.DUPLICATES.labels(source, self.kind).inc(result.duplicates)
         if result.applied:
             metrics.APPLIED.labels(source, self.kind).inc(result.applied)
+
+
+def _packed_states(
+    kl: kernel.KernelLayout, c: batch.Columns, states: list[bytes | None] | tuple[bytes, np.ndarray]
+) -> list[bytes | None] | tuple[bytes, np.ndarray]:
+    """The stored states with any legacy (msgpack) one converted to the packed format."""
+    magic = codec.MAGIC_BYTES
+    if isinstance(states, tuple):
+        buf, pos = states
+        starts, lens = pos[0 : 2 * len(c.ent_ns) : 2], pos[1 : 2 * len(c.ent_ns) : 2]
+        live = np.nonzero(lens > 0)[0]
+        if not len(live):
+            return states
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        heads = raw[starts[live][:, None] + np.arange(8)]
+        if bool((heads == np.frombuffer(magic, dtype=np.uint8)).all()):
+            return states
+        blobs: list[bytes | None] = [buf[a : a + n] if n else None for a, n in zip(starts.tolist(), lens.tolist(),
+                                                                                  strict=True)]
+        states = blobs
+    if all(b is None or b[:8] == magic for b in states):
+        return states
+    return [codec.legacy_to_packed(kl.ns_list[j], b) for b, j in zip(states, c.ent_ns.tolist(), strict=True)]
