@@ -285,8 +285,9 @@ class RedisStore(TiledStore):
 
     # ------------------------------------------------------------------ batch scripts (one node)
 
-    async def _load_batch(self, kl: kernel.KernelLayout, c: batch.Columns) -> tuple[bytes, np.ndarray, np.ndarray,
-                                                                                   np.ndarray]:
+    async def _load_batch(
+        self, kl: kernel.KernelLayout, c: batch.Columns
+    ) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray] | None:
         """States, versions and already-logged flags of a batch's entities in one round trip.
 
         Returns ``(buffer, positions, versions, known)`` as the kernel takes them (``known``: orders ×
