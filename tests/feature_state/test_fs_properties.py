@@ -6,6 +6,8 @@
 * Shuffled within the lateness and with duplicates, nothing is late, every (entity, event) is
   applied exactly once, the final state equals the in-order state (memory store: byte-identical
   tiles), and ``read_as_of`` of the stream's tail and of new probe orders equals the oracle.
+
+Both hold for the compiled kernel and for the pure-Python reference path (``engine``).
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def _run_shuffled(make_store: Any, run: Any, kind: str, p: dict[str, Any]) -> No
     # the final reads happen "now", at the last order: no label from after that has arrived yet
     labels = [lb for lb in make_labels(rng, orders) if to_us(lb.label_time) <= last]
     inorder = sorted(orders, key=lambda o: (to_us(o), o.order_id))
-    reference = MemoryStore(FS, lateness)
+    reference = MemoryStore(FS, lateness, use_kernel=False)  # the Python path is the reference
     _, _, applied_ref = drive(reference, run, interleave(inorder, labels), random.Random(1), 50)
     store = make_store(FS, lateness)
     _, late, applied = drive(store, run, arrival_order(rng, orders, labels, lateness), rng, p["max_batch"])
@@ -124,6 +126,7 @@ def _given(kind_examples: int) -> Any:
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+@pytest.mark.parametrize("engine", ["compiled", "python"], indirect=True)
 @pytest.mark.parametrize("store_kind", ["memory", "redis", "redis_cluster", "dynamodb"], indirect=True)
 def test_in_order_stream_equals_oracle_and_replay(make_store: Any, run: Any, store_kind: str) -> None:
     @_given(EXAMPLES[store_kind])
@@ -134,6 +137,7 @@ def test_in_order_stream_equals_oracle_and_replay(make_store: Any, run: Any, sto
     check()
 
 
+@pytest.mark.parametrize("engine", ["compiled", "python"], indirect=True)
 @pytest.mark.parametrize("store_kind", ["memory", "redis", "redis_cluster", "dynamodb"], indirect=True)
 def test_shuffled_duplicated_stream_equals_oracle(make_store: Any, run: Any, store_kind: str) -> None:
     @_given(EXAMPLES[store_kind])
