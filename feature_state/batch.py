@@ -17,7 +17,7 @@ from contracts.events import Order
 from feature_state.definitions import FeatureSet
 from feature_state.derived import OrderColumns, derive_columns, rows
 from feature_state.kernel import KernelError, KernelLayout, Strings
-from feature_state.layout import SCALE, LogEvent
+from feature_state.layout import FIXED_LIMIT, SCALE, LogEvent
 from feature_state.windows import Features
 
 
@@ -134,12 +134,10 @@ def _columns(kl: KernelLayout, orders: Sequence[Order]) -> Columns:
                 raise TypeError(path)
         except (TypeError, ValueError):
             flt = np.array([np.nan if v is None or isinstance(v, bool) else float(v) for v in raw], dtype=np.float64)
-        valid = ~np.isnan(flt)
-        scaled = flt[valid] * float(SCALE)
-        if not np.all(np.abs(scaled) < 2.0**62):
-            raise KernelError(f"{path}: a value out of the fixed-point range")
+        with np.errstate(invalid="ignore", over="ignore"):
+            valid = np.abs(flt * float(SCALE)) < FIXED_LIMIT  # NaN, ±inf and huge values: missing (to_fixed)
         # round half to even of value × SCALE, exactly like feature_state.layout.to_fixed
-        num[valid, q] = np.rint(scaled).astype(np.int64)
+        num[valid, q] = np.rint(flt[valid] * float(SCALE)).astype(np.int64)
         ok[:, q] = valid
     dv = np.full((n, max(df, 1)), -1, dtype=np.int64)
     dist: list[tuple[np.ndarray, pa.Array]] = []

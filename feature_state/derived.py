@@ -56,8 +56,20 @@ def offsets_us(orders: Sequence[Any]) -> np.ndarray:
     return out
 
 
+def any_strings(values: Sequence[Any]) -> pa.Array:
+    """Values as an Arrow string array ("" kept, None null; other types through ``str``)."""
+    try:
+        return pa.array(values, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+
+
 class OrderColumns:
-    """Column access over decoded :class:`~contracts.events.Order` objects (cached per path)."""
+    """Column access over decoded :class:`~contracts.events.Order` objects (cached per path).
+
+    The replay, the batch path and :func:`derive_columns` read orders through this interface;
+    :class:`ArrowOrders` offers the same over an Arrow table (no Python object per order).
+    """
 
     def __init__(self, orders: Sequence[Any], ts: np.ndarray | None = None) -> None:
         self.orders = orders
@@ -65,11 +77,40 @@ class OrderColumns:
         self._cols: dict[str, list[Any]] = {}
         self._ts = ts
         self._offsets: np.ndarray | None = None
+        self._strings: dict[str, pa.Array] = {}
+        self._all_str: dict[str, bool] = {}
+
+    def take(self, idx: np.ndarray) -> OrderColumns:
+        return OrderColumns([self.orders[i] for i in idx.tolist()])
 
     def values(self, path: str) -> list[Any]:
         if path not in self._cols:
             self._cols[path] = column(self.orders, path)
         return self._cols[path]
+
+    def strings(self, path: str) -> pa.Array:
+        """The column as Arrow strings ("" kept)."""
+        if path not in self._strings:
+            self.string_array(path)
+            if path not in self._strings:
+                self._strings[path] = any_strings(self.values(path))
+        return self._strings[path]
+
+    def string_array(self, path: str) -> pa.Array | None:
+        """The column as Arrow strings when every value is a str or None (else None)."""
+        if path in self._strings:
+            return self._strings[path] if self._all_str.get(path) else None
+        try:
+            arr = pa.array(self.values(path), type=pa.string())  # refuses anything but str and None
+        except (UnicodeError, pa.ArrowException):
+            return None
+        self._strings[path] = arr
+        self._all_str[path] = True
+        return arr
+
+    def numbers(self, path: str) -> np.ndarray:
+        """float64, NaN where the value is not a number (None, bool, …), as ``windows.derive`` reads it."""
+        return _numbers(self.values(path))
 
     @property
     def ts(self) -> np.ndarray:
@@ -84,6 +125,96 @@ class OrderColumns:
 
     def times_us(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         return times_us_nullable(self.values(path))
+
+
+def _column_name(table: pa.Table, path: str) -> pa.ChunkedArray | None:
+    """A dotted path of a table: a column, a flattened ``payment_x`` column or a struct field."""
+    if path in table.column_names:
+        return table.column(path)
+    flat = path.replace(".", "_")
+    if flat in table.column_names:
+        return table.column(flat)
+    head, _, rest = path.partition(".")
+    if rest and head in table.column_names and pa.types.is_struct(table.column(head).type):
+        return pc.struct_field(table.column(head), rest)
+    return None
+
+
+def timestamp_us(arr: pa.Array) -> np.ndarray:
+    """A timestamp array as int64 µs since the epoch (0 where null)."""
+    unit = arr.type.unit
+    raw = np.asarray(pc.fill_null(arr.cast(pa.int64()), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if unit == "s":
+        return raw * US
+    if unit == "ms":
+        return raw * 1000
+    if unit == "us":
+        return raw
+    raise ValueError(f"timestamps in {unit} are not supported here")
+
+
+class ArrowOrders:
+    """Column access over an Arrow table of orders (the layout ``fraudscore simulate`` writes:
+    ``payment_*`` flattened or a ``payment`` struct, timestamps with a fixed-offset time zone)."""
+
+    def __init__(self, table: pa.Table, offset_us: int) -> None:
+        self.table = table
+        self.n = table.num_rows
+        self.offset_us = offset_us
+        self._arrays: dict[str, pa.Array | None] = {}
+        self._ts: np.ndarray | None = None
+
+    def take(self, idx: np.ndarray) -> ArrowOrders:
+        return ArrowOrders(self.table.take(pa.array(idx, type=pa.int64())), self.offset_us)
+
+    def array(self, path: str) -> pa.Array | None:
+        if path not in self._arrays:
+            col = _column_name(self.table, path)
+            self._arrays[path] = None if col is None else (
+                col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+        return self._arrays[path]
+
+    def values(self, path: str) -> list[Any]:
+        arr = self.array(path)
+        return [None] * self.n if arr is None else arr.to_pylist()
+
+    def strings(self, path: str) -> pa.Array:
+        arr = self.array(path)
+        if arr is None:
+            return pa.nulls(self.n, type=pa.string())
+        return arr if pa.types.is_string(arr.type) else any_strings(arr.to_pylist())
+
+    def string_array(self, path: str) -> pa.Array | None:
+        arr = self.array(path)
+        if arr is None:
+            return pa.nulls(self.n, type=pa.string())
+        return arr if pa.types.is_string(arr.type) else None
+
+    def numbers(self, path: str) -> np.ndarray:
+        arr = self.array(path)
+        if arr is None:
+            return np.full(self.n, np.nan)
+        if pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type):
+            return np.asarray(pc.fill_null(arr.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False),
+                              dtype=np.float64)
+        return _numbers(arr.to_pylist())
+
+    @property
+    def ts(self) -> np.ndarray:
+        if self._ts is None:
+            arr = self.array("event_time")
+            assert arr is not None
+            self._ts = timestamp_us(arr)
+        return self._ts
+
+    def offsets(self) -> np.ndarray:
+        return np.full(self.n, self.offset_us, dtype=np.int64)
+
+    def times_us(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        arr = self.array(path)
+        if arr is None:
+            return np.zeros(self.n, dtype=np.int64), np.zeros(self.n, dtype=bool)
+        return timestamp_us(arr), np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def times_us(values: Sequence[Any]) -> np.ndarray:
@@ -134,7 +265,8 @@ def derive_columns(
     """Every derived feature as a column; ``values`` holds the aggregates (and seconds_since_previous).
 
     ``cols`` offers ``n``, ``ts`` (event time µs), ``offsets()`` (UTC offset µs), ``values(path)``
-    (raw values) and ``times_us(path)``; :class:`OrderColumns` is one.
+    (raw values), ``numbers(path)``, ``string_array(path)`` and ``times_us(path)``;
+    :class:`OrderColumns` and :class:`ArrowOrders` are two.
     """
     n = cols.n
     merged = dict(values)
@@ -144,7 +276,7 @@ def derive_columns(
         p = d.params
         v: np.ndarray
         if d.kind == "field":
-            v = _numbers(cols.values(p["field"]))
+            v = cols.numbers(p["field"])
         elif d.kind == "ratio":
             num, den = merged[p["numerator"]], merged[p["denominator"]]
             v = np.full(n, np.nan)
@@ -171,8 +303,12 @@ def derive_columns(
                 night = (hours >= start) & (hours < end) if start <= end else (hours >= start) | (hours < end)
                 v = night.astype(np.float64)
         elif d.kind == "mismatch":
-            a, b = (cols.values(f) for f in p["fields"])
-            v = _mismatch(a, b)
+            sa, sb = (cols.string_array(f) for f in p["fields"])
+            if sa is not None and sb is not None:  # both string columns: compared by Arrow
+                neq = pc.not_equal(sa, sb)  # null when either is missing
+                v = np.asarray(pc.cast(neq, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+            else:
+                v = _mismatch(*(cols.values(f) for f in p["fields"]))
         elif d.kind == "seconds_since_previous":
             v = values.get(d.name, np.full(n, np.nan))
         else:  # pragma: no cover - validated at load

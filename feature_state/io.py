@@ -115,7 +115,42 @@ def read_events(cls: type[E], path: str | Path, fmt: str | None = None, *, max_p
     return out
 
 
-def _problem(out: Loaded, msg: str, limit: int) -> None:
+@dataclass
+class LoadedTable:
+    """A file read as validated columns (:func:`read_table`)."""
+
+    table: Any  #: feature_state.replay.OrderTable or LabelTable
+    problems: list[str] = field(default_factory=list)
+    lines: int = 0
+    checked: int = 0  #: rows the column checks sent to the contract one by one
+
+
+def read_table(cls: type[E], path: str | Path, fmt: str | None = None, *, max_problems: int = 1000
+               ) -> LoadedTable | str:
+    """Decode ``path`` as validated Arrow columns (no object per event), or say why not.
+
+    Parquet files in the layout ``fraudscore simulate`` writes are validated column-wise with the same
+    outcome as :func:`read_events` (same valid rows, same problems; see :mod:`feature_state.columnar`).
+    Returns the reason (a string) when the file must be read with :func:`read_events` instead: JSONL
+    input, or a Parquet schema the column checks do not cover.
+    """
+    from feature_state import columnar
+    from feature_state.replay import LabelTable, OrderTable
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found")
+    if file_format(p, fmt) != "parquet":
+        return "JSONL input is decoded event by event"
+    try:
+        c = columnar.read(cls, p, max_problems=max_problems)
+    except columnar.Unsupported as exc:
+        return f"{p}: {exc}"
+    table = OrderTable(c.table, c.offset_us) if cls is Order else LabelTable(c.table)
+    return LoadedTable(table, c.problems, c.lines, c.checked)
+
+
+def _problem(out: Any, msg: str, limit: int) -> None:
     if len(out.problems) < limit:
         out.problems.append(msg)
     elif len(out.problems) == limit:
@@ -126,6 +161,14 @@ def write_features(
     path: str | Path, orders: Sequence[Order], names: Sequence[str], columns: dict[str, Any], fmt: str | None = None
 ) -> int:
     """Write one row per order: ``order_id``, ``event_time`` and every feature (null when missing)."""
+    return write_rows(path, [o.order_id for o in orders], [o.event_time for o in orders], names, columns, fmt)
+
+
+def write_rows(
+    path: str | Path, ids: Sequence[str], event_times: Any, names: Sequence[str], columns: dict[str, Any],
+    fmt: str | None = None,
+) -> int:
+    """:func:`write_features` from columns: ids, event times (datetimes or an Arrow timestamp array)."""
     import numpy as np
 
     p = Path(path)
@@ -136,23 +179,26 @@ def write_features(
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        arrays = {
-            "order_id": pa.array([o.order_id for o in orders], type=pa.string()),
-            "event_time": pa.array([o.event_time for o in orders], type=pa.timestamp("us", tz="UTC")),
-        }
+        if isinstance(event_times, (pa.Array, pa.ChunkedArray)):
+            times = event_times.cast(pa.timestamp("us", tz="UTC"))
+        else:
+            times = pa.array(event_times, type=pa.timestamp("us", tz="UTC"))
+        arrays = {"order_id": pa.array(ids, type=pa.string()), "event_time": times}
         for n in names:
             col = np.asarray(columns[n], dtype=np.float64)
             arrays[n] = pa.array(col, type=pa.float64(), mask=np.isnan(col))
         pq.write_table(pa.table(arrays), tmp)
     else:
+        if not isinstance(event_times, list):
+            event_times = event_times.to_pylist()
         cols = [(n, np.asarray(columns[n], dtype=np.float64).tolist()) for n in names]
         with tmp.open("w", encoding="utf-8") as fh:
-            for i, o in enumerate(orders):
-                row: dict[str, Any] = {"order_id": o.order_id, "event_time": o.event_time.isoformat()}
+            for i, oid in enumerate(ids):
+                row: dict[str, Any] = {"order_id": oid, "event_time": event_times[i].isoformat()}
                 for n, vals in cols:
                     v = vals[i]
                     row[n] = None if v != v else v  # NaN → null
                 fh.write(json.dumps(row, allow_nan=False, separators=(",", ":")))
                 fh.write("\n")
     tmp.replace(p)
-    return len(orders)
+    return len(ids)

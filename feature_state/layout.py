@@ -67,11 +67,23 @@ def to_us(order_or_time: Any) -> int:
     return (delta.days * 86400 + delta.seconds) * US + delta.microseconds
 
 
+#: |value × SCALE| must stay below this to be kept (int64 arithmetic everywhere, with headroom for sums)
+FIXED_LIMIT = 2.0**62
+
+
 def to_fixed(value: Any) -> int | None:
-    """A numeric field as fixed-point integer (round half to even, like ``numpy.rint``)."""
+    """A numeric field as fixed-point integer (round half to even, like ``numpy.rint``).
+
+    None for a missing value, and for one outside the fixed-point range (infinite — the contract's
+    decoder lets an overflowing JSON number through as infinity —, NaN, or ``|value| ≥ 4.6e14``):
+    such a value counts as missing everywhere (online, kernel, replay) instead of failing the batch.
+    """
     if value is None or isinstance(value, bool):
         return None
-    return round(float(value) * float(SCALE))
+    scaled = float(value) * float(SCALE)
+    if not abs(scaled) < FIXED_LIMIT:  # also NaN
+        return None
+    return round(scaled)
 
 
 @dataclass(frozen=True)

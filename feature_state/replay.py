@@ -15,12 +15,10 @@ whole history). A fraud label counts once per (entity, order id), at its earlies
 
 from __future__ import annotations
 
-import datetime as dt
 import gc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,15 @@ import pyarrow.compute as pc
 
 from contracts.events import Label, Order
 from feature_state.definitions import AggregateFeature, FeatureSet
-from feature_state.layout import SCALE, US, field_value, to_us
+from feature_state.derived import (
+    ArrowOrders,
+    OrderColumns,
+    any_strings,
+    derive_columns,
+    times_us,
+    timestamp_us,
+)
+from feature_state.layout import FIXED_LIMIT, SCALE, US
 from feature_state.windows import Features
 
 _BIG = np.int64(1) << np.int64(32)
@@ -62,24 +68,44 @@ class ReplayResult:
         return [{n: (None if math.isnan(v[i]) else v[i]) for n, v in cols} for i in range(len(self))]
 
 
-def column(orders: Sequence[Any], path: str) -> list[Any]:
-    """Values at a dotted path for every order (None when a parent is missing), without per-item calls."""
-    parts = path.split(".")
-    if len(parts) == 1:
-        return list(map(attrgetter(parts[0]), orders))
-    head, rest = parts[0], ".".join(parts[1:])
-    parents = list(map(attrgetter(head), orders))
-    get = attrgetter(rest)
-    return [None if p is None else get(p) for p in parents]
+@dataclass
+class OrderTable:
+    """Validated orders as Arrow columns (:func:`feature_state.io.read_table`), ready for :func:`replay_table`.
+
+    ``table`` holds the contract's fields (``payment`` flattened into ``payment_*`` columns or a struct);
+    event times are timestamps in one fixed UTC offset, ``offset_us`` (0 for UTC).
+    """
+
+    table: pa.Table
+    offset_us: int = 0
+
+    @property
+    def columns(self) -> ArrowOrders:
+        return ArrowOrders(self.table, self.offset_us)
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
 
 
-def _strings(values: Sequence[Any]) -> pa.Array:
-    """Values as an Arrow string array, empty strings as nulls."""
-    try:
-        arr = pa.array(values, type=pa.string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        arr = pa.array([None if v is None else str(v) for v in values], type=pa.string())
-    return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+@dataclass
+class LabelTable:
+    """Validated labels as Arrow columns (``order_id``, ``label``, ``label_time``, entity fields)."""
+
+    table: pa.Table
+
+    @property
+    def columns(self) -> LabelColumns:
+        t = self.table
+        n = t.num_rows
+        times = timestamp_us(t.column("label_time").combine_chunks()) if n else np.zeros(0, dtype=np.int64)
+        kinds = t.column("label").combine_chunks()
+        fraud = np.asarray(pc.fill_null(pc.equal(kinds, "fraud"), False).to_numpy(zero_copy_only=False), dtype=bool)
+        fields = {p: (t.column(p).combine_chunks() if p in t.column_names else pa.nulls(n, type=pa.string()))
+                  for p in ("customer_id", "merchant_id")}
+        return LabelColumns(t.column("order_id").combine_chunks(), times, fraud, fields)
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
 
 
 def _encode(arr: pa.Array) -> np.ndarray:
@@ -89,23 +115,9 @@ def _encode(arr: pa.Array) -> np.ndarray:
     return np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _codes(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Dense int codes of values (None and "" → -1) and a validity mask."""
-    codes = _encode(_strings(values))
-    return codes, codes >= 0
-
-
-def _times_us(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Aware datetimes as exact µs since the epoch (Arrow converts to UTC), and a validity mask."""
-    arr = pa.array(values, type=pa.timestamp("us", tz="UTC"))
-    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False))
-    us = np.asarray(pc.fill_null(arr.cast(pa.int64()), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
-    return us, valid
-
-
-def _id_rank(ids: Sequence[str]) -> np.ndarray:
-    """Rank of each id in code-point order (Python's str ordering), via Arrow's sort."""
-    order = pc.sort_indices(pa.array(ids, type=pa.string())).to_numpy()
+def _id_rank(ids: pa.Array) -> np.ndarray:
+    """Rank of each id in code-point order (Python's str ordering), via Arrow's sort (UTF-8 bytes)."""
+    order = pc.sort_indices(ids).to_numpy()
     rank = np.empty(len(ids), dtype=np.int64)
     rank[order] = np.arange(len(ids), dtype=np.int64)
     return rank
@@ -195,61 +207,60 @@ def replay(
     when that order is in ``orders``; off by default because the online store cannot (labels must
     carry their entity there), and a training set should hold what the model sees online.
     """
+    return _run(features, OrderColumns(orders), LabelColumns.of(labels), fill_label_entities)
+
+
+def replay_table(
+    features: FeatureSet,
+    orders: OrderTable,
+    labels: LabelTable | Sequence[Label] | None = None,
+    *,
+    fill_label_entities: bool = False,
+) -> ReplayResult:
+    """:func:`replay` over Arrow columns (e.g. validated Parquet, :func:`feature_state.io.read_table`).
+
+    No Python object per event: the columns go straight into the vectorised arithmetic. The values
+    are the same as :func:`replay` over the decoded orders, bit for bit (tested). ``source_index``
+    indexes the table's rows.
+    """
+    lab = labels.columns if isinstance(labels, LabelTable) else LabelColumns.of(labels or ())
+    return _run(features, orders.columns, lab, fill_label_entities)
+
+
+def _run(features: FeatureSet, src: Any, labels: LabelColumns, fill: bool) -> ReplayResult:
     # The work allocates many short-lived lists over a large heap of events; the cyclic GC would
     # rescan that heap again and again (3× slower). Nothing here creates reference cycles.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _replay(features, orders, labels, fill_label_entities)
+        return _replay(features, src, labels, fill)
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _replay(
-    features: FeatureSet, orders: Sequence[Order], labels: Sequence[Label], fill_label_entities: bool
-) -> ReplayResult:
-    """Each order's features as of its own event time (point in time), like the online stores.
-
-    ``fill_label_entities`` fills a fraud label's missing entity (e.g. ``merchant_id``) from its order
-    when that order is in ``orders``; off by default because the online store cannot (labels must
-    carry their entity there), and a training set should hold what the model sees online.
-    """
-    ids_all = [o.order_id for o in orders]
-    id_codes, _ = _codes(ids_all)
+def _replay(features: FeatureSet, src: Any, labels: LabelColumns, fill_label_entities: bool) -> ReplayResult:
+    id_codes = _encode(src.strings("order_id"))
     _, first = np.unique(id_codes, return_index=True)
     keep = np.sort(first)
-    uniq = [orders[i] for i in keep.tolist()]
-    n = len(uniq)
-    ids = [o.order_id for o in uniq]
-    ts, _ = _times_us([o.event_time for o in uniq])
-    rank = _id_rank(ids)
+    if len(keep) != src.n:
+        src = src.take(keep)
+    n = src.n
+    id_arr = src.strings("order_id")
+    ids: list[str] = id_arr.to_pylist()
+    ts = src.ts
+    rank = _id_rank(id_arr)
     rows = np.arange(n, dtype=np.int64)
     cols: dict[str, np.ndarray] = {}
     groups: dict[str, _Group] = {}
     entity_codes: dict[str, tuple[pa.Array, np.ndarray]] = {}
-
-    columns_cache: dict[str, list[Any]] = {}
-
-    def values_of(path: str) -> list[Any]:
-        if path not in columns_cache:
-            columns_cache[path] = column(uniq, path)
-        return columns_cache[path]
-
-    raw_arrays: dict[str, pa.Array] = {}
     null_arrays: dict[str, pa.Array] = {}
     code_arrays: dict[str, np.ndarray] = {}
-
-    def raw_strings(path: str) -> pa.Array:
-        """The column as Arrow strings ("" kept), converted once per path."""
-        if path not in raw_arrays:
-            raw_arrays[path] = _any_strings(values_of(path))
-        return raw_arrays[path]
 
     def strings(path: str) -> pa.Array:
         """The column as Arrow strings with "" as null (entity values, distinct values)."""
         if path not in null_arrays:
-            arr = raw_strings(path)
+            arr = src.strings(path)
             null_arrays[path] = pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
         return null_arrays[path]
 
@@ -270,25 +281,15 @@ def _replay(
 
     def numeric(path: str) -> tuple[np.ndarray, np.ndarray]:
         if path not in numeric_cache:
-            raw = values_of(path)
-            try:
-                flt = np.array(raw, dtype=np.float64)  # None → nan
-            except (TypeError, ValueError):
-                flt = np.array([np.nan if v is None or isinstance(v, bool) else float(v) for v in raw])
-            valid = ~np.isnan(flt)
+            flt = src.numbers(path)
+            with np.errstate(invalid="ignore", over="ignore"):
+                valid = np.abs(flt * float(SCALE)) < FIXED_LIMIT  # as to_fixed: out of range counts as missing
             # round half to even of value × SCALE, exactly like feature_state.layout.to_fixed
             arr = np.rint(np.where(valid, flt, 0.0) * float(SCALE)).astype(np.int64)
             numeric_cache[path] = (arr, valid)
         return numeric_cache[path]
 
-    distinct_cache: dict[str, np.ndarray] = {}
-
-    def distinct_codes(path: str) -> np.ndarray:
-        if path not in distinct_cache:
-            distinct_cache[path] = codes_of(path)
-        return distinct_cache[path]
-
-    label_frauds = _label_events(features, uniq, labels, fill_label_entities)
+    label_frauds = _label_events(features, src, id_arr, labels, fill_label_entities)
     for f in features.aggregates:
         out = np.full(n, np.nan)
         g = group_for(f.entity)
@@ -304,12 +305,27 @@ def _replay(
             else:
                 out[g.rows] = frauds / (hi - lo + 1).astype(np.float64)
         else:
-            out[g.rows] = _order_aggregate(f, g, lo, hi, numeric, distinct_codes)
+            out[g.rows] = _order_aggregate(f, g, lo, hi, numeric, codes_of)
         cols[f.name] = out
+    values = dict(cols)
     for d in features.derived:
-        cols[d.name] = _derived(d, uniq, ts, cols, group_for, values_of, raw_strings)
-    cols.pop("__local", None)
+        if d.kind == "seconds_since_previous":
+            values[d.name] = _since_previous(d, group_for(d.params["entity"]), n)
+    cols.update(derive_columns(features, src, values))
     return ReplayResult(ids, features.names, cols, keep)
+
+
+def _since_previous(d: Any, g: _Group, n: int) -> np.ndarray:
+    """Seconds since the entity's previous order within the window (NaN when none)."""
+    out = np.full(n, np.nan)
+    if len(g.rows) > 1:
+        same = g.code[1:] == g.code[:-1]
+        gap = g.ts[1:] - g.ts[:-1]
+        ok = same & (g.ts[:-1] >= g.ts[1:] - int(d.params["window_s"]) * US)
+        vals = np.full(len(g.rows), np.nan)
+        vals[1:][ok] = gap[ok].astype(np.float64) / float(US)
+        out[g.rows] = vals
+    return out
 
 
 def _order_aggregate(
@@ -342,40 +358,59 @@ def _order_aggregate(
     return out
 
 
+class LabelColumns:
+    """Fraud labels as columns: order id, label time (µs), and the label's entity fields."""
+
+    def __init__(self, order_ids: pa.Array, times: np.ndarray, fraud: np.ndarray, fields: dict[str, pa.Array]) -> None:
+        self.order_ids, self.times, self.fraud, self.fields = order_ids, times, fraud, fields
+
+    @staticmethod
+    def of(labels: Sequence[Label]) -> LabelColumns:
+        return LabelColumns(
+            pa.array([lb.order_id for lb in labels], type=pa.string()),
+            times_us([lb.label_time for lb in labels]) if labels else np.zeros(0, dtype=np.int64),
+            np.array([lb.label == "fraud" for lb in labels], dtype=bool),
+            {p: any_strings([getattr(lb, p, None) for lb in labels]) for p in ("customer_id", "merchant_id")},
+        )
+
+
 def _label_events(
-    features: FeatureSet, orders: Sequence[Order], labels: Sequence[Label], fill: bool
-) -> dict[str, dict[str, int]]:
-    """entity path → {entity value \\x00 order id → earliest label_time (µs)} of fraud labels."""
+    features: FeatureSet, orders: Any, order_ids: pa.Array, labels: LabelColumns, fill: bool
+) -> dict[str, tuple[pa.Array, np.ndarray]]:
+    """entity path → (entity values, earliest label_time µs) per (entity value, order id) of fraud labels."""
     paths = {f.entity_path for f in features.aggregates if f.source == "labels"}
-    if not paths or not labels:
-        return {p: {} for p in paths}
-    by_id = {o.order_id: o for o in orders} if fill else {}
-    out: dict[str, dict[str, int]] = {p: {} for p in paths}
-    for lb in labels:
-        if lb.label != "fraud":
+    empty = (pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64))
+    out: dict[str, tuple[pa.Array, np.ndarray]] = {p: empty for p in paths}
+    if not paths or not len(labels.times):
+        return out
+    fraud = pa.array(labels.fraud)
+    at_order = pc.index_in(labels.order_ids, value_set=order_ids) if fill else None
+    for p in paths:
+        values = labels.fields.get(p)
+        if values is None:
+            values = pa.nulls(len(labels.times), type=pa.string())
+        if fill:
+            missing = pc.or_kleene(pc.is_null(values), pc.equal(values, ""))
+            from_order = orders.strings(p).take(at_order)
+            values = pc.if_else(pc.fill_null(missing, True), from_order, values)
+        ok = pc.and_(fraud, pc.fill_null(pc.not_equal(values, ""), False))
+        t = pa.table({"v": values, "o": labels.order_ids, "t": pa.array(labels.times)}).filter(ok)
+        if t.num_rows == 0:
             continue
-        t = to_us(lb.label_time)
-        for p in paths:
-            value = getattr(lb, p, None)
-            if (value is None or value == "") and fill and lb.order_id in by_id:
-                value = field_value(by_id[lb.order_id], p)
-            if value is None or value == "":
-                continue
-            key = f"{value}\x00{lb.order_id}"
-            seen = out[p].get(key)
-            if seen is None or t < seen:
-                out[p][key] = t
+        agg = t.group_by(["v", "o"]).aggregate([("t", "min")])
+        out[p] = (agg.column("v").combine_chunks(),
+                  np.asarray(agg.column("t_min").to_numpy(), dtype=np.int64))
     return out
 
 
-def _label_counts(f: AggregateFeature, g: _Group, events: dict[str, dict[str, int]], values: pa.Array) -> np.ndarray:
+def _label_counts(f: AggregateFeature, g: _Group, events: dict[str, tuple[pa.Array, np.ndarray]],
+                  values: pa.Array) -> np.ndarray:
     """Fraud labels known at each order (``label_time + delay <= t``) inside its window."""
-    per = events.get(f.entity_path, {})
+    lab_vals, lab_t = events.get(f.entity_path, (None, None))
     n_orders = len(g.rows)
-    if not per:
+    if lab_vals is None or lab_t is None or not len(lab_t):
         return np.zeros(n_orders)
-    lab_vals = pa.array([k.split("\x00", 1)[0] for k in per], type=pa.string())
-    lab_ts = np.fromiter(per.values(), dtype=np.int64, count=len(per)) + f.delay_s * US
+    lab_ts = lab_t + f.delay_s * US
     # label entity values coded in the same dictionary as the orders' values
     codes = _encode(pa.concat_arrays([values.take(pa.array(g.rows)), lab_vals]))
     o_code, l_code = codes[:n_orders], codes[n_orders:]
@@ -394,92 +429,3 @@ def _label_counts(f: AggregateFeature, g: _Group, events: dict[str, dict[str, in
     lo = np.searchsorted(comp, comp[p] - (f.tiles - 1), side="left")
     known: np.ndarray = (cum[p + 1] - cum[lo]).astype(np.float64)
     return known
-
-
-def _derived(
-    d: Any, orders: Sequence[Order], ts: np.ndarray, cols: dict[str, np.ndarray], group_for: Any, values_of: Any,
-    raw_strings: Any,
-) -> np.ndarray:
-    n = len(orders)
-    p = d.params
-    if d.kind == "field":
-        raw = values_of(p["field"])
-        try:
-            return np.array(raw, dtype=np.float64)
-        except (TypeError, ValueError):
-            return np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan
-                             for v in raw], dtype=np.float64)
-    if d.kind == "ratio":
-        num, den = cols[p["numerator"]], cols[p["denominator"]]
-        out = np.full(n, np.nan)
-        ok = ~np.isnan(num) & ~np.isnan(den) & (den != 0)
-        out[ok] = num[ok] / den[ok]
-        out[~np.isfinite(out)] = np.nan
-        return out
-    if d.kind == "account_age_days":
-        cus, has = _times_us(values_of("account_created_at"))
-        out = np.full(n, np.nan)
-        out[has] = (ts[has] - cus[has]).astype(np.float64) / 1e6 / 86400.0
-        return out
-    if d.kind in ("hour_of_day", "day_of_week", "is_night", "is_weekend"):
-        if "__local" not in cols:
-            cols["__local"] = ts + _offsets_us(orders)  # wall-clock time in each order's own offset
-        local = cols["__local"]
-        hours = (local // (3600 * US)) % 24
-        if d.kind == "hour_of_day":
-            return hours.astype(np.float64)
-        wday = (local // (86400 * US) + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
-        if d.kind == "day_of_week":
-            return wday.astype(np.float64)
-        if d.kind == "is_weekend":
-            return (wday >= 5).astype(np.float64)
-        start, end = int(p["start_hour"]), int(p["end_hour"])
-        night = (hours >= start) & (hours < end) if start <= end else (hours >= start) | (hours < end)
-        return night.astype(np.float64)
-    if d.kind == "mismatch":
-        a, b = (raw_strings(f) for f in p["fields"])
-        neq = pc.not_equal(a, b)  # null when either side is missing
-        return np.asarray(pc.cast(neq, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-    if d.kind == "seconds_since_previous":
-        g = group_for(p["entity"])
-        out = np.full(n, np.nan)
-        if len(g.rows) > 1:
-            same = g.code[1:] == g.code[:-1]
-            gap = g.ts[1:] - g.ts[:-1]
-            ok = same & (g.ts[:-1] >= g.ts[1:] - int(p["window_s"]) * US)
-            vals = np.full(len(g.rows), np.nan)
-            vals[1:][ok] = gap[ok].astype(np.float64) / float(US)
-            out[g.rows] = vals
-        return out
-    raise ValueError(f"unknown derived kind {d.kind}")  # pragma: no cover - validated at load
-
-
-def _any_strings(values: Sequence[Any]) -> pa.Array:
-    """Values as strings keeping "" (mismatch compares raw values; only None is missing)."""
-    try:
-        return pa.array(values, type=pa.string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
-
-
-def _offsets_us(orders: Sequence[Order]) -> np.ndarray:
-    """UTC offset of each order's event time in µs; each distinct fixed-offset tzinfo is asked once."""
-    tzs = list(map(attrgetter("event_time.tzinfo"), orders))
-    keys = np.fromiter(map(id, tzs), dtype=np.int64, count=len(tzs))
-    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    per = np.empty(len(uniq), dtype=np.int64)
-    varying: list[int] = []
-    for j, i in enumerate(first.tolist()):
-        tz = tzs[i]
-        if isinstance(tz, dt.timezone):
-            delta = tz.utcoffset(None)
-            per[j] = (delta.days * 86400 + delta.seconds) * US + delta.microseconds
-        else:  # a zone with daylight saving: ask per order
-            per[j] = 0
-            varying.append(j)
-    out = per[inverse]
-    if varying:
-        for i in np.nonzero(np.isin(inverse, varying))[0].tolist():
-            off = orders[i].event_time.utcoffset()
-            out[i] = 0 if off is None else (off.days * 86400 + off.seconds) * US + off.microseconds
-    return out

@@ -282,3 +282,22 @@ def test_lateness_and_log_retention_edges_are_exact(use_kernel: bool) -> None:
     assert [ev.id for ev in codec.decode_log(ns, store.logs["o.customer:c9"])] == ["e1", "e4"]  # e1 is at the floor
     assert store.logged_events() == ref.logged_events() == 2
     assert store.states == ref.states
+
+
+def test_amounts_outside_the_fixed_point_range_count_as_missing_everywhere() -> None:
+    """An infinite amount (an overflowing JSON number decodes to inf) or a huge one does not fail the
+    batch: online (both paths), the replay and the oracle all treat it as missing."""
+    import asyncio
+
+    from feature_state.replay import replay
+
+    orders = boundary_orders(random.Random(6), 12)
+    odd = [msgspec.structs.replace(o, amount=float("inf")) if i % 4 == 0 else
+           msgspec.structs.replace(o, amount=1e15) if i % 4 == 1 else o for i, o in enumerate(orders)]
+    compiled = MemoryStore(FS, 3600, use_kernel=True)
+    python = MemoryStore(FS, 3600, use_kernel=False)
+    a = asyncio.run(compiled.apply_batch(odd)).features
+    assert a == asyncio.run(python.apply_batch(odd)).features
+    assert compiled.states == python.states
+    inorder = sorted(odd, key=lambda o: (to_us(o), o.order_id))
+    assert replay(FS, inorder).rows() == [oracle(FS, odd, [], o) for o in inorder]
