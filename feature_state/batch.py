@@ -17,8 +17,8 @@ from contracts.events import Order
 from feature_state.definitions import FeatureSet
 from feature_state.derived import OrderColumns, derive_columns, rows
 from feature_state.kernel import KernelError, KernelLayout, Strings
-from feature_state.layout import FIXED_LIMIT, SCALE, LogEvent
-from feature_state.windows import Features
+from feature_state.layout import FIXED_LIMIT, SCALE, LogEvent, _distinct_value, getter, to_fixed, to_us
+from feature_state.windows import Features, derive
 
 
 class Columns:
@@ -28,7 +28,7 @@ class Columns:
     list and index of them are made only when a store needs them (Redis key names, late events).
     """
 
-    def __init__(self, n: int, ids: list[str], ts: np.ndarray, key_arr: pa.Array, ent_ns: np.ndarray,
+    def __init__(self, n: int, ids: list[str], ts: np.ndarray, key_arr: pa.Array | list[str], ent_ns: np.ndarray,
                  o_ent: np.ndarray, num: np.ndarray, ok: np.ndarray, dv: np.ndarray, dist: list[tuple[np.ndarray,
                  pa.Array]], strings: Strings, cols: OrderColumns) -> None:
         self.n, self.ids, self.ts, self.key_arr, self.ent_ns, self.o_ent = n, ids, ts, key_arr, ent_ns, o_ent
@@ -42,7 +42,7 @@ class Columns:
     def keys(self) -> list[str]:
         """Unique entity keys of the batch (entity index → key)."""
         if self._keys is None:
-            self._keys = self.key_arr.to_pylist()
+            self._keys = self.key_arr if isinstance(self.key_arr, list) else self.key_arr.to_pylist()
         return self._keys
 
     @property
@@ -52,7 +52,9 @@ class Columns:
         return self._key_index
 
     def key(self, e: int) -> str:
-        return self._keys[e] if self._keys is not None else str(self.key_arr[e].as_py())
+        if self._keys is not None or isinstance(self.key_arr, list):
+            return self.keys[e]
+        return str(self.key_arr[e].as_py())
 
     @property
     def packed_keys(self) -> tuple[bytes, np.ndarray]:
@@ -65,6 +67,8 @@ class Columns:
     @property
     def dvals(self) -> list[list[str | None]]:
         """Per distinct path: each order's value (None when missing)."""
+        if self._dvals is None and self.dist and isinstance(self.dist[0], list):
+            self._dvals = self.dist  # the small path keeps the values
         if self._dvals is None:
             out = []
             for codes, uniq in self.dist:
@@ -92,11 +96,66 @@ def _dictionary(values: Sequence[Any]) -> tuple[np.ndarray, pa.Array]:
     return codes, uniq
 
 
+#: batches up to this size are turned into columns with plain Python (Arrow and numpy calls have a
+#: fixed cost of several µs each that only pays off over many orders: the gRPC path reads one order)
+SMALL = 16
+
+
 def columns(kl: KernelLayout, orders: Sequence[Order]) -> Columns:
     try:
-        return _columns(kl, orders)
+        return _small_columns(kl, orders) if len(orders) <= SMALL else _columns(kl, orders)
     except (UnicodeError, pa.ArrowException) as exc:
         raise KernelError(f"batch not representable as columns: {exc}") from None
+
+
+def _small_columns(kl: KernelLayout, orders: Sequence[Order]) -> Columns:
+    """:func:`columns` for a few orders, with plain Python (same values, no Arrow)."""
+    n = len(orders)
+    cols = OrderColumns(orders)
+    ids = [o.order_id for o in orders]
+    ts = np.fromiter((to_us(o) for o in orders), dtype=np.int64, count=n)
+    strings = Strings()
+    strings.extend(ids)
+    nns = len(kl.ns_list)
+    o_ent = np.full((n, nns), -1, dtype=np.int64)
+    key_index: dict[str, int] = {}
+    keys: list[str] = []
+    ent_ns: list[int] = []
+    for j, ns in enumerate(kl.ns_list):
+        get = getter(ns.path)
+        for i, o in enumerate(orders):
+            k = ns.key(get(o))
+            if k is None:
+                continue
+            e = key_index.get(k)
+            if e is None:
+                e = key_index[k] = len(keys)
+                keys.append(k)
+                ent_ns.append(j)
+            o_ent[i, j] = e
+    nf, df = len(kl.num_paths), len(kl.dist_paths)
+    num = np.zeros((n, max(nf, 1)), dtype=np.int64)
+    ok = np.zeros((n, max(nf, 1)), dtype=np.uint8)
+    for q, path in enumerate(kl.num_paths):
+        get = getter(path)
+        for i, o in enumerate(orders):
+            fixed = to_fixed(get(o))
+            if fixed is not None:
+                num[i, q] = fixed
+                ok[i, q] = 1
+    dv = np.full((n, max(df, 1)), -1, dtype=np.int64)
+    dvals: list[list[str | None]] = []
+    for q, path in enumerate(kl.dist_paths):
+        get = getter(path)
+        vals = [_distinct_value(get(o)) for o in orders]
+        dvals.append(vals)
+        for i, v in enumerate(vals):
+            if v is not None:
+                dv[i, q] = strings.add(v)
+    c = Columns(n, ids, ts, keys, np.array(ent_ns, dtype=np.int64), o_ent, num, ok, dv, dvals,  # type: ignore[arg-type]
+                strings, cols)
+    c._key_index = key_index
+    return c
 
 
 def _columns(kl: KernelLayout, orders: Sequence[Order]) -> Columns:
@@ -226,4 +285,13 @@ def matrix_of(features: FeatureSet, kl: KernelLayout, c: Columns, out: np.ndarra
 
 def features_of(features: FeatureSet, kl: KernelLayout, c: Columns, out: np.ndarray) -> list[Features]:
     """The same as :func:`matrix_of`, one dict per order (None where missing)."""
+    if c.n <= SMALL:  # per order with windows.derive (the reference): cheaper than numpy for a few orders
+        names = [f.name for f in features.aggregates] + [d.name for d in kl.layout.since_previous]
+        result = []
+        for o, row in zip(c.cols.orders, out.tolist(), strict=True):
+            values: Features = {k: (None if v != v else v) for k, v in zip(names, row, strict=True)}
+            f: Features = {a.name: values[a.name] for a in features.aggregates}
+            f.update(derive(features, o, values))
+            result.append(f)
+        return result
     return rows(features.names, matrix_of(features, kl, c, out))

@@ -83,6 +83,9 @@ def load(cache_dir: Path | None = None) -> Any:
             P, N = ctypes.c_void_p, ctypes.c_int64
             fn.argtypes = [P, N, N, *([P] * 10), P, P, N, N, *([P] * 7), *([P] * 7), P, N, P, P, P, P, P, P, P, P, P,
                            P]
+            fv = dll.fs_run_v
+            fv.restype = N
+            fv.argtypes = [P]
             for name, res, args in (
                 ("fs_map_new", P, []), ("fs_map_free", None, [P]), ("fs_map_put", N, [P, P, N, P, N, P, N]),
                 ("fs_map_stats", None, [P, P]), ("fs_map_get", N, [P, N, P, P, N, P, N, P]),
@@ -181,9 +184,12 @@ class KernelLayout:
         for d in layout.since_previous:
             cfg += [self.ns_index[f"o.{d.params['entity']}"], int(d.params["window_s"]) * US]
         self.cfg = np.array(cfg, dtype=np.int64)
+        self.cfg_ptr = int(self.cfg.ctypes.data)
         self.width = len(layout.plan) + len(layout.since_previous)
         #: output buffer reused across calls (a call fills it and copies the blobs out before returning)
         self.out_buf = bytearray(0)
+        #: call shape → its arrays and argument vector (reads reuse theirs)
+        self.plans: dict[tuple[int, int, int, int, int, bool], Any] = {}
 
 
 class Strings:
@@ -228,6 +234,16 @@ class Strings:
         self._flush()
         if not self.chunks:
             return b"", np.zeros(1, dtype=np.int64)
+        if all(isinstance(c, list) for c in self.chunks):  # a few Python strings: no Arrow round trip
+            items = [x for c in self.chunks for x in c]
+            off = np.zeros(len(items) + 1, dtype=np.int64)
+            joined = "".join(items)
+            if joined.isascii():
+                np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=len(items)), out=off[1:])
+                return joined.encode("ascii"), off
+            enc = [x.encode("utf-8", "surrogatepass") for x in items]
+            np.cumsum(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)), out=off[1:])
+            return b"".join(enc), off
         try:
             arrays = [c if isinstance(c, pa.Array) else pa.array(c, type=pa.string()) for c in self.chunks]
         except (UnicodeError, pa.ArrowException) as exc:  # e.g. a lone surrogate: the Python path handles it
@@ -375,7 +391,6 @@ def run(
         raise KernelError("kernel not available")
     n_ent = len(ent_ns)
     n = len(o_ts)
-    nns = len(kl.ns_list)
     kbuf: bytes | None = None
     koff = np.zeros(1, dtype=np.int64)
     if packed_keys is not None:
@@ -397,108 +412,177 @@ def run(
         blob_total = len(blob_buf)
     blob_buf = blob_buf or b"\x00"
     lblob_buf: bytes | None = None
-    lblob_off = np.zeros(n_ent + 1, dtype=np.int64)
+    lblob_off = None
     if log_blobs is not None:
+        lblob_off = np.zeros(n_ent + 1, dtype=np.int64)
         np.cumsum(np.fromiter((len(b) if b else 0 for b in log_blobs), dtype=np.int64, count=n_ent),
                   out=lblob_off[1:])
         lblob_buf = b"".join(b for b in log_blobs if b) or b"\x00"
-    out_loff = np.zeros(n_ent + 1, dtype=np.int64)
-    has_log = np.zeros(n_ent, dtype=np.uint8)
-    log_off = np.zeros(n_ent + 1, dtype=np.int64)
     rows: list[LogEvent] = []
+    log_counts: list[tuple[int, int]] = []
     if logs:
-        counts = np.zeros(n_ent, dtype=np.int64)
-        for e, evs in sorted(logs.items()):
-            has_log[e] = 1
-            counts[e] = len(evs)
-        np.cumsum(counts, out=log_off[1:])
         for e in sorted(logs):
+            log_counts.append((e, len(logs[e])))
             rows.extend(logs[e])
     m = len(rows)
-    lg_ts = np.zeros(m + 1, dtype=np.int64)
-    lg_id = np.zeros(m + 1, dtype=np.int64)
-    lg_num = np.zeros((m + 1) * KMAX, dtype=np.int64)
-    lg_ok = np.zeros((m + 1) * KMAX, dtype=np.uint8)
-    lg_dv = np.full((m + 1) * DMAX, -1, dtype=np.int64)
-    for j, ev in enumerate(rows):
-        lg_ts[j] = ev.ts
-        lg_id[j] = strings.add(ev.id)
-        for k, v in enumerate(ev.nums):
-            if v is not None:
-                lg_num[j * KMAX + k] = v
-                lg_ok[j * KMAX + k] = 1
-        for d, dv in enumerate(ev.dvals):
-            if dv is not None:
-                lg_dv[j * DMAX + d] = strings.add(dv)
+    nf = o_num.shape[1] if o_num.ndim == 2 else 1
+    df = o_dv.shape[1] if o_dv.ndim == 2 else 1
+    shape = (n, n_ent, m, nf, df, versions is not None)
+    plan = kl.plans.get(shape) if mode == 1 else None  # reads reuse their plan (outputs are copied out)
+    if plan is None:
+        plan = _Plan(kl, shape)
+        if mode == 1:
+            if len(kl.plans) > 64:
+                kl.plans.clear()
+            kl.plans[shape] = plan
+    else:
+        plan.reset()
+    v = plan.v
+    v["ent_ns"][:] = ent_ns
+    v["o_ts"][:] = o_ts
+    v["o_id"][:] = o_id
+    v["o_ent"][:] = o_ent.reshape(-1)
+    v["o_num"][:] = o_num.reshape(-1)
+    v["o_dv"][:] = o_dv.reshape(-1)
+    v["o_ok"][:] = o_ok.reshape(-1)
+    v["o_known"][:] = o_known.reshape(-1)
+    if versions is not None:
+        v["vers"][:] = versions
+    if lblob_off is not None:
+        v["lblob_off"][:] = lblob_off
+    if logs:
+        has_log, log_off = v["has_log"], v["log_off"]
+        for e, k in log_counts:
+            has_log[e] = 1
+            log_off[e + 1 :] += k
+        lg_ts, lg_id, lg_num, lg_ok, lg_dv = v["lg_ts"], v["lg_id"], v["lg_num"], v["lg_ok"], v["lg_dv"]
+        for j, ev in enumerate(rows):
+            lg_ts[j] = ev.ts
+            lg_id[j] = strings.add(ev.id)
+            for k, val in enumerate(ev.nums):
+                if val is not None:
+                    lg_num[j * KMAX + k] = val
+                    lg_ok[j * KMAX + k] = 1
+            for d, dv in enumerate(ev.dvals):
+                if dv is not None:
+                    lg_dv[j * DMAX + d] = strings.add(dv)
     sbuf, soff = strings.pack()
     sbuf = sbuf or b"\x00"
-    width = kl.width
-    feat = np.empty(max(n * width, 1), dtype=np.float64)
-    late_ns = np.empty(max(n, 1), dtype=np.int64)
-    late_wm = np.empty(max(n, 1), dtype=np.int64)
-    flags = np.zeros(max(n * nns, 1), dtype=np.uint8)
-    need_ent = np.empty(max(n * nns, 1), dtype=np.int64)
-    need_start = np.empty(max(n * nns, 1), dtype=np.int64)
-    n_need = np.zeros(1, dtype=np.int64)
-    out_off = np.zeros(n_ent + 1, dtype=np.int64)
-    out_wm = np.zeros(n_ent + 1, dtype=np.int64)
-    out_need = np.zeros(1, dtype=np.int64)
-    cap = blob_total * 2 + int(lblob_off[-1]) + n * nns * 768 + 65536 if mode == 0 and blob_map is None else 8
-    o_id = np.ascontiguousarray(o_id, dtype=np.int64)
-    arrays = [ent_ns, o_ts, o_id, o_ent, o_num, o_ok, o_dv, o_known]
-    ent_ns, o_ts, o_id, o_ent, o_num, o_ok, o_dv, o_known = (
-        np.ascontiguousarray(a) if a.size else np.zeros(1, dtype=a.dtype) for a in arrays
-    )
-    vers = np.ascontiguousarray(versions, dtype=np.int64) if versions is not None else None
+    soff = np.ascontiguousarray(soff, dtype=np.int64)
+    blob_pos = np.ascontiguousarray(blob_pos, dtype=np.int64)
+    koff = np.ascontiguousarray(koff, dtype=np.int64)
+    nns = len(kl.ns_list)
+    cap = (blob_total * 2 + (int(lblob_off[-1]) if lblob_off is not None else 0) + n * nns * 768 + 65536
+           if mode == 0 and blob_map is None else 8)
+    # bytes arguments by address (the locals keep them alive during the call)
+    bufs = [blob_buf, sbuf, lblob_buf, kbuf]
+    addr = [0 if b is None else ctypes.cast(ctypes.c_char_p(b), ctypes.c_void_p).value or 0 for b in bufs]
+    args = plan.args
+    args[1], args[2], args[16] = mode, n_ent, n
+    args[4], args[5] = addr[0], _ptr(blob_pos)
+    args[13], args[14], args[15] = addr[1], _ptr(soff), len(soff) - 1
+    args[36] = addr[2]
+    args[39], args[40], args[41] = (blob_map.handle if blob_map is not None else 0), addr[3], _ptr(koff)
     while True:
         if len(kl.out_buf) < cap:
             kl.out_buf = bytearray(max(cap, 2 * len(kl.out_buf)))
         out_buf = kl.out_buf
         cap = len(out_buf)
         out_c = (ctypes.c_char * cap).from_buffer(out_buf)
-        rc = lib.fs_run(
-            _ptr(kl.cfg), mode, n_ent, _ptr(ent_ns), blob_buf, _ptr(blob_pos),
-            _ptr(has_log), _ptr(log_off), _ptr(lg_ts), _ptr(lg_id), _ptr(lg_num), _ptr(lg_ok), _ptr(lg_dv),
-            sbuf, _ptr(soff), len(soff) - 1,
-            n, _ptr(o_ts), _ptr(o_id), _ptr(o_ent), _ptr(o_num), _ptr(o_ok), _ptr(o_dv), _ptr(o_known),
-            _ptr(feat), _ptr(late_ns), _ptr(late_wm), _ptr(flags), _ptr(need_ent), _ptr(need_start), _ptr(n_need),
-            ctypes.addressof(out_c), cap, _ptr(out_off), _ptr(out_wm), _ptr(out_need),
-            lblob_buf, _ptr(lblob_off), _ptr(out_loff),
-            blob_map.handle if blob_map is not None else None, kbuf, _ptr(koff),
-            _ptr(vers) if vers is not None else None,
-        )
+        args[31], args[32] = ctypes.addressof(out_c), cap
+        rc = lib.fs_run_v(plan.args_ptr)
         del out_c
         if rc == R_OUT_SMALL:
-            cap = int(out_need[0]) + 65536
+            cap = int(v["out_need"][0]) + 65536
             continue
         break
+    del bufs
+    width = kl.width
     if rc == R_NEED_LOG:
-        k = int(n_need[0])
-        return need_ent[:k].copy(), need_start[:k].copy()
+        k = int(v["n_need"][0])
+        return v["need_ent"][:k].copy(), v["need_start"][:k].copy()
     if rc != R_OK:
         raise KernelError(f"kernel returned {rc}")
-    out_blobs: list[bytes | None] = [None] * n_ent
-    out_logs: list[bytes | None] | None = None
-    if mode == 0 and vers is not None:
+    feat = v["feat"][: n * width].reshape(n, width)
+    late_ns, late_wm, flags = v["late_ns"][:n], v["late_wm"][:n], v["flags"][: n * nns].reshape(n, nns)
+    out_off, out_wm, out_loff = v["out_off"], v["out_wm"][:n_ent], v["out_loff"]
+    if mode == 1:  # the plan is reused: hand out copies
+        return RunResult(feat.copy(), late_ns.copy(), late_wm.copy(), flags.copy(), [None] * n_ent, out_wm.copy())
+    if versions is not None:
         with memoryview(out_buf) as mv:
             buf = bytes(mv[: int(out_off[n_ent])])
-        return RunResult(feat[: n * width].reshape(n, width), late_ns[:n], late_wm[:n],
-                         flags[: n * nns].reshape(n, nns), [], out_wm[:n_ent], None, buf, out_off, None, kbuf, koff,
+        return RunResult(feat, late_ns, late_wm, flags, [], out_wm, None, buf, out_off, None, kbuf, koff,
                          np.diff(out_off) > 0, True)
-    if mode == 0 and blob_map is not None:
+    if blob_map is not None:
         with memoryview(out_buf) as mv:
             buf = bytes(mv[: int(out_loff[n_ent])])
-        changed = np.diff(out_off) > 0
-        return RunResult(feat[: n * width].reshape(n, width), late_ns[:n], late_wm[:n],
-                         flags[: n * nns].reshape(n, nns), [], out_wm[:n_ent], None, buf, out_off, out_loff, kbuf, koff,
-                         changed)
-    if mode == 0:
-        with memoryview(out_buf) as mv:
-            out_blobs = _slices(mv, out_off)
-            if log_blobs is not None:
-                out_logs = _slices(mv, out_loff)
-    return RunResult(feat[: n * width].reshape(n, width), late_ns[:n], late_wm[:n],
-                     flags[: n * nns].reshape(n, nns), out_blobs, out_wm[:n_ent], out_logs)
+        return RunResult(feat, late_ns, late_wm, flags, [], out_wm, None, buf, out_off, out_loff, kbuf, koff,
+                         np.diff(out_off) > 0)
+    with memoryview(out_buf) as mv:
+        out_blobs = _slices(mv, out_off)
+        out_logs = _slices(mv, out_loff) if log_blobs is not None else None
+    return RunResult(feat, late_ns, late_wm, flags, out_blobs, out_wm, out_logs)
+
+
+class _Plan:
+    """The arrays of one kernel call shape, carved out of one buffer per element type, and the static
+    part of its argument vector: fetching a numpy array's address through ctypes costs microseconds,
+    and even a one-order read passes ~30 arrays."""
+
+    def __init__(self, kl: KernelLayout, shape: tuple[int, int, int, int, int, bool]) -> None:
+        n, n_ent, m, nf, df, has_vers = shape
+        nns = len(kl.ns_list)
+        spec: list[tuple[str, str, int, int]] = [  # name, element kind, size, fill
+            ("ent_ns", "i", n_ent, 0), ("log_off", "i", n_ent + 1, 0), ("lg_ts", "i", m + 1, 0),
+            ("lg_id", "i", m + 1, 0), ("lg_num", "i", (m + 1) * KMAX, 0), ("lg_dv", "i", (m + 1) * DMAX, -1),
+            ("o_ts", "i", n, 0), ("o_id", "i", n, 0), ("o_ent", "i", n * nns, 0), ("o_num", "i", n * nf, 0),
+            ("o_dv", "i", n * df, 0), ("late_ns", "i", n, 0), ("late_wm", "i", n, 0),
+            ("need_ent", "i", n * nns, 0), ("need_start", "i", n * nns, 0), ("n_need", "i", 1, 0),
+            ("out_off", "i", n_ent + 1, 0), ("out_wm", "i", n_ent + 1, 0), ("out_need", "i", 1, 0),
+            ("lblob_off", "i", n_ent + 1, 0), ("out_loff", "i", n_ent + 1, 0), ("vers", "i", n_ent, 0),
+            ("args", "i", 43, 0),
+            ("has_log", "u", n_ent, 0), ("lg_ok", "u", (m + 1) * KMAX, 0), ("o_ok", "u", n * nf, 0),
+            ("o_known", "u", n * nns, 0), ("flags", "u", n * nns, 0),
+            ("feat", "f", n * kl.width, 0),
+        ]
+        size = {"i": 0, "u": 0, "f": 0}
+        where: dict[str, tuple[str, int, int]] = {}
+        for name, kind, k, _fill in spec:
+            k = max(k, 1)
+            where[name] = (kind, size[kind], k)
+            size[kind] += k
+        self.bufs: dict[str, np.ndarray] = {
+            "i": np.zeros(size["i"], dtype=np.int64), "u": np.zeros(size["u"], dtype=np.uint8),
+            "f": np.zeros(size["f"], dtype=np.float64),
+        }
+        base = {k: int(b.ctypes.data) for k, b in self.bufs.items()}
+        item = {"i": 8, "u": 1, "f": 8}
+        self.v: dict[str, np.ndarray] = {name: self.bufs[kind][a : a + k] for name, (kind, a, k) in where.items()}
+        self.fills = [self.v[name] for name, _kind, _k, fill in spec if fill]
+        for arr in self.fills:
+            arr[:] = -1
+        ptr = {name: base[kind] + item[kind] * a for name, (kind, a, _k) in where.items()}
+        self.args = self.v["args"]
+        self.args_ptr = ptr["args"]
+        self.static = {
+            0: kl.cfg_ptr, 3: ptr["ent_ns"], 6: ptr["has_log"], 7: ptr["log_off"], 8: ptr["lg_ts"], 9: ptr["lg_id"],
+            10: ptr["lg_num"], 11: ptr["lg_ok"], 12: ptr["lg_dv"], 17: ptr["o_ts"], 18: ptr["o_id"],
+            19: ptr["o_ent"], 20: ptr["o_num"], 21: ptr["o_ok"], 22: ptr["o_dv"], 23: ptr["o_known"],
+            24: ptr["feat"], 25: ptr["late_ns"], 26: ptr["late_wm"], 27: ptr["flags"], 28: ptr["need_ent"],
+            29: ptr["need_start"], 30: ptr["n_need"], 33: ptr["out_off"], 34: ptr["out_wm"], 35: ptr["out_need"],
+            37: ptr["lblob_off"], 38: ptr["out_loff"], 42: ptr["vers"] if has_vers else 0,
+        }
+        for i, val in self.static.items():
+            self.args[i] = val
+
+    def reset(self) -> None:
+        """Zero every array (then the -1 fills and the static arguments) for the next call."""
+        self.bufs["i"].fill(0)
+        self.bufs["u"].fill(0)
+        for arr in self.fills:
+            arr[:] = -1
+        for i, val in self.static.items():
+            self.args[i] = val
 
 
 def _slices(mv: memoryview, off: np.ndarray) -> list[bytes | None]:

@@ -159,10 +159,10 @@ class RedisCluster:
         subprocess.run(["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            out = subprocess.run(["redis-cli", "-p", str(self.nodes[0].port), "cluster", "info"],
-                                 capture_output=True, text=True, timeout=10).stdout
-            if "cluster_state:ok" in out:
+        while time.monotonic() < deadline:  # every node must agree (the first one to say ok is not enough)
+            outs = [subprocess.run(["redis-cli", "-p", str(n.port), "cluster", "info"],
+                                   capture_output=True, text=True, timeout=10).stdout for n in self.nodes]
+            if all("cluster_state:ok" in out for out in outs):
                 return self
             time.sleep(0.1)
         raise TimeoutError("redis cluster did not reach cluster_state:ok")

@@ -412,10 +412,13 @@ class TiledStore(FeatureStore):
             else:
                 for q, i in enumerate(idx):
                     result.features[i] = feats[q]
+            late = []
             for q in np.nonzero(res.late_ns >= 0)[0].tolist():
                 j = int(res.late_ns[q])
                 key = c.key(int(c.o_ent[q, j]))
-                result.late.append(LateEvent(idx[q], c.ids[q], int(c.ts[q]), int(res.late_wm[q]), key))
+                late.append(LateEvent(idx[q], c.ids[q], int(c.ts[q]), int(res.late_wm[q]), key))
+            late.sort(key=lambda x: (x.event_time_us, x.event_id))  # processing order, as the Python path
+            result.late.extend(late)
             result.duplicates += int(np.count_nonzero(res.flags == 2))
             if res.changed is not None:
                 dirty = np.nonzero(res.changed)[0].tolist()
