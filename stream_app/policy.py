@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable
 
 from prometheus_client import Counter
@@ -35,10 +36,24 @@ class ErrorAction(enum.Enum):
 ErrorPolicy = Callable[[BaseException, SourceRecord, Stage], ErrorAction]
 
 
+#: at most one dead-letter log line per (topic, stage) in this many seconds; the rest are counted in the
+#: next line (a flood of poison messages must not flood the logs: the metric counts every one)
+LOG_EVERY_S = 10.0
+_last_logged: dict[tuple[str, str], tuple[float, int]] = {}
+
+
 def dead_letter_everything(exc: BaseException, rec: SourceRecord, stage: Stage) -> ErrorAction:
     """Default policy: every failed event goes to the dead-letter topic; the consumer goes on."""
+    key = (rec.stream, str(stage))
+    now = time.monotonic()
+    last, suppressed = _last_logged.get(key, (float("-inf"), 0))
+    if now - last < LOG_EVERY_S:
+        _last_logged[key] = (last, suppressed + 1)
+        return ErrorAction.DEAD_LETTER
+    _last_logged[key] = (now, 0)
+    more = f" (+{suppressed} more on this topic and stage since the last line)" if suppressed else ""
     log.warning(
-        "dead-lettering %s[%s]@%s (stage %s): %s", rec.stream, rec.partition, rec.position, stage,
-        type(exc).__name__,
+        "dead-lettering %s[%s]@%s (stage %s): %s%s", rec.stream, rec.partition, rec.position, stage,
+        type(exc).__name__, more,
     )
     return ErrorAction.DEAD_LETTER
