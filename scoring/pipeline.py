@@ -47,7 +47,7 @@ from rules.engine import RuleOutcome, evaluate, evaluate_batch
 from rules.reload import RulesHolder
 from scoring.exceptions import ScoringError
 from scoring.models import ModelHolder
-from scoring.reasons import top_reasons
+from scoring.reasons import top_reasons_batch
 from scoring.runtimes.base import ModelRuntime
 from scoring.scoring_metrics import MODEL_ERRORS
 
@@ -225,7 +225,7 @@ class DecisionPipeline:
                 scores = [float(p) for p in probs]
                 if contribs is not None:
                     names = model.feature_names
-                    reasons = [top_reasons(names, matrix[i], contribs[i], self.top_k) for i in range(n)]
+                    reasons = top_reasons_batch(names, matrix, contribs, self.top_k)
             if self.models.shadows:
                 shadow = await self._shadow_scores(matrix, n)
         t2 = time.perf_counter()
@@ -272,9 +272,10 @@ class DecisionPipeline:
             tr0 = time.perf_counter()
             rows = [i for i in range(n) if decided[i][0] != "allow"]
             if rows:
-                contribs = model.contributions(matrix[rows])
-                for j, i in enumerate(rows):
-                    reasons[i] = top_reasons(model.feature_names, matrix[i], contribs[j], self.top_k)
+                sub = matrix[rows]
+                found = top_reasons_batch(model.feature_names, sub, model.contributions(sub), self.top_k)
+                for i, rs in zip(rows, found, strict=True):
+                    reasons[i] = rs
             t_reasons = time.perf_counter() - tr0
         out = []
         for i, order in enumerate(orders):

@@ -60,7 +60,7 @@ def top_reasons(
     if k <= 0:
         return []
     contrib = contributions[: len(names)]
-    order = np.argsort(-contrib)[:k]
+    order = np.argsort(-contrib, kind="stable")[:k]
     out = []
     for i in order:
         c = float(contrib[i])
@@ -69,4 +69,29 @@ def top_reasons(
         raw = float(values[i])
         value = None if np.isnan(raw) else raw
         out.append(Reason(feature=names[i], value=value, contribution=round(c, 6), text=describe(names[i], value)))
+    return out
+
+
+def top_reasons_batch(
+    names: tuple[str, ...], values: np.ndarray, contributions: np.ndarray, k: int
+) -> list[list[Reason]]:
+    """:func:`top_reasons` for every row of a batch: one vectorised selection, then ``k`` objects per row."""
+    rows = values.shape[0]
+    if k <= 0 or rows == 0:
+        return [[] for _ in range(rows)]
+    f = len(names)
+    contrib = contributions[:, :f]
+    # a stable sort (ties by feature index, as top_reasons): a few dozen features, cheap for a whole batch
+    idx = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
+    top_c = np.take_along_axis(contrib, idx, axis=1)
+    top_v = np.take_along_axis(values, idx, axis=1).astype(np.float64)
+    out: list[list[Reason]] = []
+    for r_idx, r_c, r_v in zip(idx.tolist(), top_c.tolist(), top_v.tolist(), strict=True):
+        row = []
+        for i, c, raw in zip(r_idx, r_c, r_v, strict=True):
+            if c <= 0:
+                break
+            value = None if raw != raw else raw
+            row.append(Reason(feature=names[i], value=value, contribution=round(c, 6), text=describe(names[i], value)))
+        out.append(row)
     return out

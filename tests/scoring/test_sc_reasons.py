@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xgboost as xgb
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring.artifacts import verify
 from scoring.exceptions import TreeShapUnsupported
-from scoring.reasons import describe, top_reasons
+from scoring.reasons import describe, top_reasons, top_reasons_batch
 from scoring.runtimes.native import NativeRuntime
 from scoring.treeshap import TreeShap
 
@@ -97,3 +99,18 @@ def test_registry_stores_reference_distributions_and_signs(tmp_path: Path) -> No
     assert c["missing_rate"] == 0.1 and abs(sum(c["bin_shares"]) - 1) < 1e-6 and "0.5" in c["quantiles"]
     assert "score" in manifest["reference"]
     assert verify(tmp_path / v, ["a", "b", "c"], signing_key=b"key").version == v
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(0, 12), f=st.integers(1, 9), k=st.integers(0, 12), seed=st.integers(0, 2**32 - 1),
+       ties=st.booleans())
+def test_batch_reasons_equal_the_per_row_reasons(rows: int, f: int, k: int, seed: int, ties: bool) -> None:
+    rng = np.random.default_rng(seed)
+    names = tuple(f"feature_{i}_count_{i + 1}h" for i in range(f))
+    values = rng.normal(size=(rows, f)).astype(np.float32) * 10
+    values[rng.random(values.shape) < 0.2] = np.nan
+    contribs = rng.normal(size=(rows, f + 1))
+    if ties:  # equal contributions: order by feature index in both
+        contribs = np.round(contribs)
+    batch = top_reasons_batch(names, values, contribs, k)
+    assert batch == [top_reasons(names, values[i], contribs[i], k) for i in range(rows)]
