@@ -284,7 +284,8 @@ def _leaf_type(info: msgspec.inspect.Type) -> Any:
     if isinstance(info, mi.LiteralType):
         return Literal[info.values]
     if isinstance(info, mi.StrType):
-        return Annotated[str, msgspec.Meta(min_length=info.min_length, max_length=info.max_length, pattern=info.pattern)]
+        meta = msgspec.Meta(min_length=info.min_length, max_length=info.max_length, pattern=info.pattern)
+        return Annotated[str, meta]
     if isinstance(info, mi.FloatType):
         return Annotated[float, msgspec.Meta(ge=info.ge, gt=info.gt, le=info.le, lt=info.lt)]
     if isinstance(info, mi.IntType):

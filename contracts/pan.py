@@ -1,12 +1,25 @@
 """Card-number (PAN) detection and masking.
 
-A value "looks like a card number" when it holds a run of 13–19 digits, optionally
-separated by single spaces or dashes, that passes the Luhn check. Such values are
-rejected at every edge (events, gRPC requests) and never echoed back or logged: use
+A value "looks like a card number" when it holds 13–19 digits that pass the Luhn check, written
+the way card numbers are written:
+
+* one unbroken run of 13–19 digits (not glued to further digits: a 20-digit id is not a card), or
+* digit groups joined by single spaces or dashes in a card layout — ``4-4-4-4`` with an optional
+  last group of 1–3 (16–19 digits), ``4-4-4-x`` with a last group of 1–4 (13–16), or the
+  American Express / Diners layouts ``4-6-5`` and ``4-6-4`` — whose first group does not follow
+  a letter and whose last group is not followed by one.
+
+The layout rule is what keeps identifiers from being taken for cards: a random UUID holds a
+Luhn-valid 13+-digit dash-separated run about once in 370 (``ed7d4496-5397-4014-8a7f…``), which a
+"any digits with separators" rule would refuse; no UUID fits a card layout with clean edges. A
+separator may still join other digits to a card number ("ref 1234 4111 1111 1111 1111", a card
+followed by an expiry), so every card-layout window of groups inside a run is tried.
+
+Such values are rejected at every edge (events, gRPC requests) and never echoed back or logged: use
 :func:`mask_pan` / :func:`redact` before a value reaches a message or a log line.
 
-The scan runs on raw bytes first (one regular expression over the whole payload),
-so the common case — no candidate at all — costs about a microsecond.
+The scan runs on raw bytes first (a translate and a substring test over the whole payload), so the
+common case — no candidate at all — costs about a microsecond.
 """
 
 from __future__ import annotations
@@ -15,10 +28,17 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-# 13–19 digits, each optionally preceded by one space or dash; not glued to other digits.
-_CANDIDATE = r"(?<![0-9])[0-9](?:[ \-]?[0-9]){12,18}(?![0-9])"
-_CANDIDATE_STR = re.compile(_CANDIDATE)
-_SEPARATORS = str.maketrans("", "", " -")
+# A run of digit groups joined by single spaces or dashes, not glued to further digits.
+_RUN = re.compile(r"(?<![0-9])[0-9]+(?:[ \-][0-9]+)*(?![0-9])")
+_GROUP = re.compile(r"[0-9]+")
+# Card layouts of separated groups (group lengths; the last entry of an open layout is a range).
+_LAYOUTS: tuple[tuple[tuple[int, int], ...], ...] = (
+    ((4, 4), (4, 4), (4, 4), (4, 4), (1, 3)),
+    ((4, 4), (4, 4), (4, 4), (4, 4)),
+    ((4, 4), (4, 4), (4, 4), (1, 4)),
+    ((4, 4), (6, 6), (5, 5)),
+    ((4, 4), (6, 6), (4, 4)),
+)
 
 
 def luhn_ok(digits: str) -> bool:
@@ -35,29 +55,54 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _pan_matches(text: str) -> Iterator[re.Match[str]]:
-    """Every run in ``text`` that is a Luhn-valid card number.
+def _is_letter(text: str, i: int) -> bool:
+    return 0 <= i < len(text) and text[i].isalpha()
 
-    A run glued to other digits is never a candidate (so a 20-digit id is not a card
-    number), but a separator may join a number to a card number ("1234 4111…"), so the
-    search restarts after each candidate's first character.
-    """
-    pos = 0
-    while True:
-        m = _CANDIDATE_STR.search(text, pos)
-        if m is None:
-            return
-        if luhn_ok(m.group(0).translate(_SEPARATORS)):
-            yield m
-            pos = m.end()
-        else:
-            pos = m.start() + 1
+
+def _pan_matches(text: str) -> Iterator[tuple[int, int, str]]:
+    """``(start, end, digits)`` of every card number in ``text``, left to right, not overlapping."""
+    for run in _RUN.finditer(text):
+        groups = [(g.start() + run.start(), g.end() + run.start()) for g in _GROUP.finditer(run.group(0))]
+        if len(groups) == 1:
+            a, b = groups[0]
+            if 13 <= b - a <= 19 and luhn_ok(text[a:b]):
+                yield a, b, text[a:b]
+            continue
+        i = 0
+        while i < len(groups):
+            found = _layout_at(text, groups, i)
+            if found is None:
+                a, b = groups[i]  # an unbroken 13–19 digit group inside a run is a card too
+                if 13 <= b - a <= 19 and luhn_ok(text[a:b]):
+                    yield a, b, text[a:b]
+                i += 1
+                continue
+            k, digits = found
+            yield groups[i][0], groups[i + k - 1][1], digits
+            i += k
+
+
+def _layout_at(text: str, groups: list[tuple[int, int]], i: int) -> tuple[int, str] | None:
+    """(number of groups, digits) of the longest Luhn-valid card layout starting at group ``i``."""
+    if _is_letter(text, groups[i][0] - 1):
+        return None
+    for layout in _LAYOUTS:
+        k = len(layout)
+        if i + k > len(groups):
+            continue
+        window = groups[i : i + k]
+        if all(lo <= b - a <= hi for (a, b), (lo, hi) in zip(window, layout, strict=True)) \
+                and not _is_letter(text, window[-1][1]):
+            digits = "".join(text[a:b] for a, b in window)
+            if luhn_ok(digits):
+                return k, digits
+    return None
 
 
 def find_pan(text: str) -> tuple[int, int] | None:
     """Return the (start, end) span of the first card number in ``text``, or None."""
-    for m in _pan_matches(text):
-        return m.start(), m.end()
+    for start, end, _ in _pan_matches(text):
+        return start, end
     return None
 
 
@@ -70,11 +115,10 @@ def mask_pan(value: str) -> str:
     """Mask every card number in ``value``, keeping only its last 4 digits."""
     out: list[str] = []
     last = 0
-    for m in _pan_matches(value):
-        digits = m.group(0).translate(_SEPARATORS)
-        out.append(value[last : m.start()])
+    for start, end, digits in _pan_matches(value):
+        out.append(value[last:start])
         out.append("*" * (len(digits) - 4) + digits[-4:])
-        last = m.end()
+        last = end
     if not out:
         return value
     out.append(value[last:])
