@@ -268,6 +268,21 @@ def _walk(info: msgspec.inspect.Type, value: Any, path: str) -> list[FieldError]
     return []
 
 
+def _bounds_meta(info: msgspec.inspect.FloatType | msgspec.inspect.IntType) -> msgspec.Meta:
+    """The numeric bounds of ``info`` as a ``Meta``.
+
+    msgspec never sets both ``ge`` and ``gt`` (nor ``le`` and ``lt``) on one type, so one branch
+    per pairing keeps each call on a typed ``Meta`` overload; unset bounds pass ``None`` (ignored).
+    """
+    if info.gt is None:
+        if info.lt is None:
+            return msgspec.Meta(ge=info.ge, le=info.le)
+        return msgspec.Meta(ge=info.ge, lt=info.lt)
+    if info.lt is None:
+        return msgspec.Meta(gt=info.gt, le=info.le)
+    return msgspec.Meta(gt=info.gt, lt=info.lt)
+
+
 def _leaf_type(info: msgspec.inspect.Type) -> Any:
     """Rebuild an annotated Python type from msgspec's type info for a leaf check."""
     mi = msgspec.inspect
@@ -287,9 +302,9 @@ def _leaf_type(info: msgspec.inspect.Type) -> Any:
         meta = msgspec.Meta(min_length=info.min_length, max_length=info.max_length, pattern=info.pattern)
         return Annotated[str, meta]
     if isinstance(info, mi.FloatType):
-        return Annotated[float, msgspec.Meta(ge=info.ge, gt=info.gt, le=info.le, lt=info.lt)]
+        return Annotated[float, _bounds_meta(info)]
     if isinstance(info, mi.IntType):
-        return Annotated[int, msgspec.Meta(ge=info.ge, gt=info.gt, le=info.le, lt=info.lt)]
+        return Annotated[int, _bounds_meta(info)]
     if isinstance(info, mi.BoolType):
         return bool
     if isinstance(info, mi.DateTimeType):

@@ -67,7 +67,11 @@ def _add_up(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "and/or REDIS_URL to use real ones. Trains a first model on simulated history when the model "
             "registry is empty. Stops cleanly on Ctrl-C / SIGTERM."
         ),
-        epilog="examples:\n  fraudscore up --demo\n  KAFKA_BOOTSTRAP=kafka:9092 REDIS_URL=redis://localhost:6379 fraudscore up",
+        epilog=(
+            "examples:\n"
+            "  fraudscore up --demo\n"
+            "  KAFKA_BOOTSTRAP=kafka:9092 REDIS_URL=redis://localhost:6379 fraudscore up"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--demo", action="store_true", help="also run live simulated traffic and print a summary")

@@ -9,7 +9,6 @@ import random
 from contracts.config import Settings
 from training.simulator import KafkaTarget, SimulationConfig, StopFlag, send_to_kafka, simulate
 
-
 #: Size of the simulated world behind the demo (its daily volume sets how many customers, merchants, …
 #: exist; the wall-clock rate is --rate).
 DEMO_ORDERS_PER_DAY = 20_000

@@ -14,7 +14,7 @@ HealthFn = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class _Handler(BaseHTTPRequestHandler):
-    health: HealthFn = staticmethod(lambda: (True, {}))  # type: ignore[assignment]
+    health: HealthFn = staticmethod(lambda: (True, {}))
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         if self.path.startswith("/metrics"):

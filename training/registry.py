@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import platform
 from pathlib import Path
@@ -20,6 +21,8 @@ import xgboost as xgb
 
 from scoring.artifacts import champion_version, sha256_file, sign, verify
 from training.exceptions import RegistryError
+
+log = logging.getLogger(__name__)
 
 REFERENCE_QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 
@@ -143,7 +146,8 @@ def rollback(models_dir: Path, *, reason: str = "manual rollback") -> str:
     for version in candidates:
         try:
             verify(models_dir / version)
-        except Exception:  # noqa: BLE001 - an unusable old version is skipped, the next one is tried
+        except Exception as exc:  # noqa: BLE001 - an unusable old version is skipped, the next one is tried
+            log.warning("rollback: skipping %s, it does not verify: %s", version, exc)
             continue
         tmp = models_dir / f".champion.{os.getpid()}"
         tmp.write_text(version + "\n")

@@ -11,7 +11,9 @@ import pytest
 from fraudscore.cli import build_parser, main
 
 
-def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+def _walk(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     found = [(path, parser)]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -29,7 +31,9 @@ def test_the_design_commands_exist() -> None:
 
 
 @pytest.mark.parametrize(("path", "parser"), ALL, ids=[" ".join(p) or "fraudscore" for p, _ in ALL])
-def test_help_is_useful(path: tuple[str, ...], parser: argparse.ArgumentParser, capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_is_useful(
+    path: tuple[str, ...], parser: argparse.ArgumentParser, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         main([*path, "--help"])
     assert info.value.code == 0

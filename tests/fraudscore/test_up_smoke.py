@@ -106,7 +106,8 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
 
 
 async def _collect(bootstrap: str, topic: str, want: set[str], key: str = "order_id",
-                   timeout: float = 60.0) -> dict[str, dict[str, object]]:
+                   timeout: float = 60.0,  # noqa: ASYNC109 - a collect window: returns what arrived by then
+                   ) -> dict[str, dict[str, object]]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 group_id=f"smoke-{uuid.uuid4().hex[:6]}")
     await consumer.start()
