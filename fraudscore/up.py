@@ -183,7 +183,13 @@ async def run_platform(
         return 0
     finally:
         if worker is not None:
+            # Let the worker finish its batch, publish and commit before anything it uses closes
+            # (cancelling it mid-publish would abandon the batch: replayed later, but noisy).
             worker.stop()
+            running = [t for t in tasks if t.get_name() == "orders-worker" and not t.done()]
+            if running:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(running[0]), timeout=settings.scoring.shutdown_grace_s)
         for t in tasks:
             t.cancel()
         for t in tasks:
