@@ -58,8 +58,8 @@ def _jsonl(path: Path) -> Iterator[tuple[int, bytes]]:
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - pyarrow ships with fraudscore[parquet]
-        raise InputError("reading Parquet needs pyarrow: pip install 'fraudscore[parquet]'") from exc
+    except ImportError as exc:  # pragma: no cover - pyarrow is a core dependency
+        raise InputError("reading Parquet needs pyarrow: pip install 'pyarrow>=15'") from exc
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for unreadable files

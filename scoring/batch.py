@@ -7,7 +7,7 @@ the aggregates it would have seen online at its event time — never a later ord
 vectorised per chunk.
 
 Formats by file suffix: ``.jsonl`` / ``.ndjson`` (one order / decision per line) or ``.parquet``
-(needs ``fraudscore[parquet]``). Parquet decisions have scalar columns, nested fields as JSON strings
+(pyarrow, a core dependency). Parquet decisions have scalar columns, nested fields as JSON strings
 (``matched_rules``, ``reasons``, ``shadow``, ``degraded_reasons``) and one ``feature.<name>`` column per
 feature.
 
@@ -60,7 +60,7 @@ def read_orders(path: Path) -> Iterator[tuple[int, Order | None, bytes, str | No
         try:
             import pyarrow.parquet as pq
         except ImportError as exc:
-            raise ConfigError(f"reading Parquet needs `pip install 'fraudscore[parquet]'` ({exc})") from None
+            raise ConfigError(f"reading Parquet needs `pip install 'pyarrow>=15'` ({exc})") from None
         table = pq.read_table(path)
         for i, row in enumerate(table.to_pylist(), 1):
             clean = {k: v for k, v in row.items() if v is not None}

@@ -202,7 +202,7 @@ class ParquetWriter:
         try:
             import pyarrow.parquet as pq
         except ImportError as exc:  # pragma: no cover - pyarrow is in the parquet extra
-            raise SinkError("Parquet output needs pyarrow: pip install 'fraudscore[parquet]'") from exc
+            raise SinkError("Parquet output needs pyarrow: pip install 'pyarrow>=15'") from exc
         out_dir.mkdir(parents=True, exist_ok=True)
         self.paths = {s: out_dir / f"{s}.parquet" for s in STREAMS}
         self._schemas = {"orders": order_schema(), "labels": label_schema(), "truth": truth_schema()}
