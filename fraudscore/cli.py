@@ -226,7 +226,23 @@ def build_parser() -> argparse.ArgumentParser:
     for add in COMMANDS:
         add(sub)
     _register_packages(sub)
+    _describe_subcommands(parser)
     return parser
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """A subcommand registered with only ``help=`` gets it as its description too.
+
+    ``help`` shows in the parent's list; ``--help`` of the subcommand itself shows ``description``,
+    which argparse leaves empty unless told.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                if not child.description and helps.get(name):
+                    child.description = str(helps[name])
+                _describe_subcommands(child)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,8 @@ def test_help_is_useful(
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: fraudscore")
-    assert parser.description or parser.format_usage(), "every command has a description"
+    assert parser.description, f"`fraudscore {' '.join(path)}` has no description"
+    assert parser.description.split("\n")[0][:40] in text, "the description is shown by --help"
     # the help of a command names what it does in more than a usage line
     assert len(text.splitlines()) > 3
 
