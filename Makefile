@@ -11,6 +11,7 @@ up:              ## run the local platform (embedded broker + store unless KAFKA
 
 test:            ## run the whole test suite (starts its own broker, Redis nodes, AWS API server)
 	@scripts/bootstrap.sh
+	@scripts/install_redis.sh || echo "!! could not install redis-server (the Redis tests will skip, or fail under CI=true)" >&2
 	@scripts/install_chromium.sh || echo "!! could not install chromium (the HTML report test will skip, or fail under CI=true)" >&2
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 

@@ -204,6 +204,11 @@ class StreamSettings(_Section):
     source: Literal["kafka", "kinesis"] = Field("kafka", description="where orders come from")
     max_batch: int = Field(2000, ge=1, description="max orders per micro-batch")
     max_batch_wait_ms: int = Field(20, ge=0, description="max time to fill a micro-batch")
+    fetch_max_wait_ms: int = Field(
+        20, ge=1, le=60_000,
+        description="Kafka fetch long-poll bound. Kafka answers as soon as data arrives; the embedded broker "
+        "(Tansu) answers an empty fetch only at this bound, so it bounds the added latency at low rates",
+    )
     kinesis_stream: str = Field("orders", description="Kinesis stream of orders (source=kinesis)")
     kinesis_endpoint_url: str | None = Field(None, description="Kinesis endpoint override")
     # -- added by stream_app (issue 6); all optional, defaults keep the previous behaviour --

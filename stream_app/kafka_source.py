@@ -231,6 +231,7 @@ class KafkaBatchConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=s.max_batch,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
