@@ -68,20 +68,23 @@ class Summary:
     last_t: float = field(default_factory=time.monotonic)
 
 
-def _p99(values: deque[float]) -> float | None:
-    if not values:
+def _p99(values: deque[float], last: int) -> float | None:
+    """p99 of the ``last`` values appended (the orders decided since the previous summary line)."""
+    n = min(last, len(values))
+    if n <= 0:
         return None
-    s = sorted(values)
-    return s[min(len(s) - 1, int(len(s) * 0.99))]
+    s = sorted(list(values)[-n:])
+    return s[min(n - 1, int(n * 0.99))]
 
 
 def summary_line(worker: OrdersWorker, summary: Summary, parts: Parts) -> str:
     now = time.monotonic()
     st = worker.stats
-    rate = (st.orders - summary.last_orders) / max(1e-6, now - summary.last_t)
+    new_orders = st.orders - summary.last_orders
+    rate = new_orders / max(1e-6, now - summary.last_t)
     summary.last_orders, summary.last_t = st.orders, now
     d = st.decisions
-    p99 = _p99(st.recent_latency_ms)
+    p99 = _p99(st.recent_latency_ms, new_orders)  # this interval's orders: a start-up backlog does not linger
     model = parts.models.current.version if parts.models.current else "none"
     rs = parts.rules.current.version if parts.rules.current else "none"
     return (

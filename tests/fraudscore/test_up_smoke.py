@@ -56,9 +56,9 @@ class Platform:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
 
-    def start(self) -> None:
+    def start(self, *args: str) -> None:
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([*FRAUDSCORE, "up"], env=self.env, cwd=self.data.parent,
+            self.proc = subprocess.Popen([*FRAUDSCORE, "up", *args], env=self.env, cwd=self.data.parent,
                                          stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -70,10 +70,10 @@ class Platform:
             time.sleep(0.2)
         raise AssertionError("fraudscore up did not come up:\n" + self.log.read_text(errors="replace"))
 
-    def stop(self) -> int:
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         try:
             return self.proc.wait(60)
         except subprocess.TimeoutExpired:
@@ -183,3 +183,41 @@ def test_stop_leaves_nothing_behind(platform: Platform) -> None:
         assert port_free("127.0.0.1", port), f"port {port} still bound after stop"
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
     assert f"tcp://127.0.0.1:{platform.kafka_port}" not in ps, "embedded broker left running"
+
+
+def _decided(line: str) -> int:
+    # "[    12s]     201 orders/s | decided     2210 | allow 2170 review 22 … | p99 order→decision 31 ms | …"
+    return int(line.split("| decided", 1)[1].split("|", 1)[0])
+
+
+def test_demo_decides_live_traffic_and_stops_on_ctrl_c(platform: Platform, tmp_path: Path) -> None:
+    """`fraudscore up --demo` (what `make demo` runs): its own simulated traffic, a live summary, Ctrl-C."""
+    import shutil
+
+    demo = Platform(tmp_path)
+    shutil.copytree(platform.data / "models", demo.data / "models")  # the module's small model: no bootstrap wait
+    demo.start("--demo", "--rate", "100")
+    try:
+        deadline = time.monotonic() + 120
+        summary: list[str] = []
+        while time.monotonic() < deadline:
+            lines = demo.log.read_text(errors="replace").splitlines()
+            summary = [ln for ln in lines if "| decided" in ln and _decided(ln) > 0]
+            if len(summary) >= 2 and _decided(summary[-1]) > _decided(summary[0]):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the demo summary never showed orders being decided:\n" + demo.log.read_text())
+        last = summary[-1]
+        for part in ("orders/s", "allow", "review", "challenge", "block", "dead letters", "p99 order→decision",
+                     "model m", "rules "):
+            assert part in last, f"{part!r} missing from the summary line {last!r}"
+    finally:
+        code = demo.stop(signal.SIGINT)  # Ctrl-C
+    text = demo.log.read_text(errors="replace")
+    assert code == 0, text
+    assert "Traceback" not in text and " ERROR " not in text, text
+    for port in (demo.grpc_port, demo.metrics_port, demo.kafka_port):
+        assert port_free("127.0.0.1", port), f"port {port} still bound after Ctrl-C"
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    assert f"tcp://127.0.0.1:{demo.kafka_port}" not in ps, "embedded broker left running"
