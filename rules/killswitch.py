@@ -5,7 +5,8 @@ ruleset's default) is watched over a sliding window: when, with at least ``min_o
 decided in the window, the share the rule matched exceeds ``max_rate``, the rule is demoted to
 shadow at once — it keeps being evaluated and recorded, it no longer decides. The demotion emits
 a metric (``fraudscore_rule_demotions_total``, ``fraudscore_rule_demoted``), an ERROR log line and a
-:class:`KillSwitchEvent` to the injected sink (the stream side publishes it; the default only logs).
+:class:`KillSwitchEvent` to the injected sink (the platform's processes pass none:
+the log line is the event there).
 
 The window is per process (each worker watches its own traffic: a rate is a rate). A demotion
 lasts until the rule is changed (its condition, action or kill-switch) or an operator calls
