@@ -28,11 +28,15 @@ async def _reload_loop(models: ModelHolder, rules: RulesHolder, settings: Settin
     interval = min(settings.scoring.model_reload_interval_s, settings.rules.reload_interval_s)
     while True:
         await asyncio.sleep(interval)
+        # separately: a failing model refresh must not keep the rules from reloading, nor the reverse
         try:
             await asyncio.to_thread(models.refresh)
-            rules.refresh()
         except Exception:  # a reload failure must never stop serving
-            log.exception("reload failed")
+            log.exception("model reload failed")
+        try:
+            rules.refresh()
+        except Exception:
+            log.exception("rules reload failed")
 
 
 async def serve_grpc(

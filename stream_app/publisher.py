@@ -51,12 +51,20 @@ class DecisionPublisher:
                 self.sent += len(batch)
             except Exception:  # the answer was already given; log and keep the loop alive
                 log.exception("failed to publish %d decisions to %s", len(batch), self.topic)
+            finally:
+                for _ in batch:  # stop() waits for this: queued *and* in-flight records are handled
+                    self.queue.task_done()
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
-        """Send what is queued (bounded wait), then stop."""
-        deadline = asyncio.get_running_loop().time() + drain_timeout_s
-        while not self.queue.empty() and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - bounded drain poll
-            await asyncio.sleep(0.01)
+        """Send what is queued and the batch being sent (bounded wait), then stop.
+
+        Waiting only for an empty queue is not enough: the sender takes up to 500 records off the queue
+        at once, and cancelling it mid-batch lost the rest of that batch.
+        """
+        if self.task is not None and not self.task.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(drain_timeout_s):
+                    await self.queue.join()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
