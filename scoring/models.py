@@ -184,7 +184,7 @@ class ModelHolder:
                 self.shadows = {**self.shadows, native.version: compiled}
 
     def wait_compiled(self, timeout_s: float = 300.0) -> bool:
-        """Block until no background compilation is running (tests, benchmarks, `serve --wait-compiled`)."""
+        """Block until no background compilation is running (tests and benchmarks)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
