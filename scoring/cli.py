@@ -105,12 +105,13 @@ async def _serve_one(settings: Settings, worker_index: int, publish: bool) -> in
         from stream_app.kafka import client_kwargs
         from stream_app.publisher import DecisionPublisher
 
-        producer = AIOKafkaProducer(**client_kwargs(settings.kafka), linger_ms=5)
-        await producer.start()
-        publisher = DecisionPublisher(producer, settings.kafka.topics.decisions,
-                                      maxsize=settings.scoring.publish_buffer).start()
+        # the decisions log is not on the answer's path: serve even while Kafka is unreachable
+        publisher = DecisionPublisher.connecting(
+            lambda: AIOKafkaProducer(**client_kwargs(settings.kafka), linger_ms=5),
+            settings.kafka.topics.decisions, maxsize=settings.scoring.publish_buffer,
+        ).start()
         sink = publisher.offer
-        closers += [publisher.stop, producer.stop]
+        closers.append(publisher.stop)
 
     async def on_stop() -> None:
         for close in closers:

@@ -27,7 +27,8 @@ T = TypeVar("T")
 class ServeProcess:
     """`fraudscore serve` on free gRPC and metrics ports, output in a log file under ``tmp_path``."""
 
-    def __init__(self, models_dir: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, models_dir: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                 publish: bool = False) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         self.target = f"127.0.0.1:{self.port}"
@@ -35,7 +36,7 @@ class ServeProcess:
         self._log: IO[bytes] = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fraudscore", "--data-dir", str(models_dir.parent), "serve", "--port",
-             str(self.port), "--runtime", "native", "--no-publish", *args],
+             str(self.port), "--runtime", "native", *([] if publish else ["--no-publish"]), *args],
             env={**os.environ, **(env or {}), "FRAUDSCORE_METRICS_PORT": str(self.metrics_port)},
             stdout=self._log, stderr=subprocess.STDOUT,
         )

@@ -142,3 +142,40 @@ async def test_kafka_hung_answers_still_come_full_buffer_drops_and_counts(
     got = await read_all(own_broker.bootstrap, topic)
     assert sorted(r["order_id"] for r in got) == ["h0", "h1", "h2", "h3"]
     assert dropped(topic) - before == 6
+
+
+async def test_serve_starts_and_answers_while_kafka_is_unreachable_then_publishes_when_it_comes(
+    registry: Any, tmp_path: Any
+) -> None:
+    """The decisions log is not on the answer's path: `serve` (publishing) with Kafka down starts, answers,
+    buffers; when a broker appears on that address the buffered decisions are published."""
+    from tests.scoring.serve_proc import ServeProcess, poll_until, sample
+
+    models, _ = registry
+    topic = f"dec-down-{time.monotonic_ns()}"
+    broker = KafkaBroker()  # its port, nothing listening yet
+    srv = ServeProcess(models, tmp_path, publish=True, env={
+        "KAFKA_BOOTSTRAP": broker.bootstrap, "FRAUDSCORE__KAFKA__TOPICS__DECISIONS": topic,
+        "FRAUDSCORE__SCORING__PUBLISH_BUFFER": "4"})
+    try:
+        await srv.wait_serving()
+        import grpc
+
+        async with grpc.aio.insecure_channel(srv.target) as ch:
+            stub = pb_grpc.FraudScoringStub(ch)
+            for i in range(6):
+                r = await stub.Score(pb.ScoreRequest(order=order_msg(order_id=f"down{i}")), timeout=5)
+                assert r.order_id == f"down{i}" and r.model_version
+        metrics = await srv.metrics()
+        assert sample(metrics, "fraudscore_publish_dropped_total", topic=topic) == 2.0  # buffer of 4, 6 answers
+        assert "cannot reach Kafka" in srv.log()
+
+        broker.start()
+        await (await started_producer(broker.bootstrap, topic)).stop()  # the topic exists
+        got = await poll_until(lambda: read_all(broker.bootstrap, topic), lambda recs: len(recs) >= 4,
+                               "the buffered decisions published once Kafka is reachable", wait_s=90)
+        assert sorted(r["order_id"] for r in got) == [f"down{i}" for i in range(4)]
+        assert await srv.stop() == 0, srv.log()
+    finally:
+        srv.close()
+        broker.stop()
