@@ -101,12 +101,13 @@ def dead_letter(
 
 
 def for_record(
-    exc: BaseException, rec: SourceRecord, stage: Stage, *, source: Literal["kafka", "kinesis"] = "kafka"
+    exc: BaseException, rec: SourceRecord, stage: Stage, *, source: Literal["kafka", "kinesis"] = "kafka",
+    attempts: int = 1,
 ) -> DeadLetter:
-    """The envelope of a failed :class:`SourceRecord`."""
+    """The envelope of a failed :class:`SourceRecord` (``attempts``: how many times it was tried)."""
     return dead_letter(
         exc, rec.value, topic=rec.stream, partition=rec.partition, offset=rec.position, key=rec.key,
-        stage=stage, source=source,
+        stage=stage, source=source, attempts=attempts,
     )
 
 

@@ -38,7 +38,7 @@ from monitoring import metrics
 from scoring.pipeline import DecisionPipeline
 from stream_app import metrics as smetrics
 from stream_app.deadletter import Stage, for_record, to_out_record
-from stream_app.exceptions import StreamError
+from stream_app.exceptions import StreamError, WebhookDeliveryFailed
 from stream_app.ledger import DecisionLedger
 from stream_app.policy import SKIPPED, ErrorAction, ErrorPolicy, dead_letter_everything
 from stream_app.records import Outputs, OutRecord, SourceRecord
@@ -117,7 +117,10 @@ class _Failures:
                         type(exc).__name__)
             self.result.skipped += 1
             return
-        self.result.outputs.add(self.topic, to_out_record(for_record(exc, rec, stage, source=self.source)))
+        # A webhook delivery knows how many attempts it made; every other failure is one attempt.
+        attempts = exc.attempts if isinstance(exc, WebhookDeliveryFailed) else 1
+        dl = for_record(exc, rec, stage, source=self.source, attempts=attempts)
+        self.result.outputs.add(self.topic, to_out_record(dl))
         metrics.DEAD_LETTERS.labels(rec.stream, type(exc).__name__).inc()
         self.result.dead_letters += 1
 

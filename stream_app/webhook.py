@@ -110,7 +110,10 @@ class WebhookProcessor:
                     last_error = f"HTTP {resp.status}"
                     if resp.status not in RETRY_STATUS:
                         break
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except TimeoutError as exc:  # aiohttp's total timeout (its message is empty)
+                last_status = None
+                last_error = f"{type(exc).__name__}: no answer within {self.settings.timeout_ms} ms"
+            except (aiohttp.ClientError, OSError) as exc:
                 last_status = None
                 last_error = f"{type(exc).__name__}: {exc}"
             if attempt < self.settings.max_attempts:

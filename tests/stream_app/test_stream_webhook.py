@@ -114,3 +114,102 @@ async def test_webhook_delivers_every_action_once_per_key(stream_settings: Any) 
     assert stages == {"delivery": 3, "decode": 1}
     assert {dl.key for dl in letters if dl.stage == "delivery"} == {a.order_id for a in bad}
     assert all("HTTP 400" in dl.error for dl in letters if dl.stage == "delivery")
+
+
+class StuckReceiver:
+    """Always 503 for ``fail-503-*`` keys; never answers ``fail-hang-*`` (holds the request until
+    released, far beyond the sink's timeout); accepts every other key at once. Counts requests per key."""
+
+    def __init__(self) -> None:
+        self.attempts: Counter[str] = Counter()
+        self.attempt_headers: dict[str, list[str]] = {}
+        self.accepted: Counter[str] = Counter()
+        self.release = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        key = request.headers["Idempotency-Key"]
+        self.attempts[key] += 1
+        self.attempt_headers.setdefault(key, []).append(request.headers["X-Fraudscore-Attempt"])
+        await request.read()
+        if key.startswith("fail-503"):
+            return web.Response(status=503)
+        if key.startswith("fail-hang"):
+            await self.release.wait()
+            return web.Response(status=504)
+        self.accepted[key] += 1
+        return web.Response(status=200)
+
+
+async def test_webhook_dead_letters_after_max_attempts_with_the_attempt_count(stream_settings: Any) -> None:
+    max_attempts = 3
+    receiver = StuckReceiver()
+    app = web.Application()
+    app.router.add_post("/hooks/fraud", receiver.handle)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        settings = stream_settings(**{
+            "stream.max_batch": 10,  # several batches: the ones after the failing actions must go on
+            "stream.webhook.url": f"http://127.0.0.1:{port}/hooks/fraud",
+            "stream.webhook.backoff_base_ms": 5,
+            "stream.webhook.backoff_max_ms": 20,
+            "stream.webhook.max_attempts": max_attempts,
+            "stream.webhook.timeout_ms": 300,
+        })
+        await ensure_topics(settings.kafka)
+        now = dt.datetime.now(dt.UTC)
+        failing = [Action(order_id=f"fail-{kind}-{n}", action="block", decided_at=now, rule="r")
+                   for n in (1, 2) for kind in ("503", "hang")]
+        good = [Action(order_id=f"ok-{i}", action=("review", "challenge", "block")[i % 3], decided_at=now,
+                       reason="model score 0.97") for i in range(80)]
+        # the failing actions come first, in the middle and near the end of the stream of good ones
+        ordered = good[:5] + failing[:2] + good[5:40] + failing[2:] + good[40:]
+        records: list[tuple[bytes | None, bytes]] = [(a.order_id.encode(), encode(a)) for a in ordered]
+        await produce(settings.kafka.bootstrap or "", settings.kafka.topics.actions, records)
+
+        parts = build_parts(settings)
+        worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("webhook",))
+        task = asyncio.create_task(worker.run())
+        try:
+            for _ in range(1200):
+                if task.done():
+                    task.result()
+                if worker.consumers and worker.consumers["webhook"].stats.events >= len(records):
+                    break
+                await asyncio.sleep(0.1)
+            stats = worker.consumers["webhook"].stats
+            committed = sum(worker.consumers["webhook"].next_offset.values())  # type: ignore[attr-defined]
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 60)
+    finally:
+        receiver.release.set()
+        await runner.cleanup()
+
+    # The consumer went through every record and committed them all: the failing keys did not stall it.
+    assert stats.events == len(records) and committed == len(records), stats
+    assert (stats.abandoned, stats.commit_failures) == (0, 0), stats
+    # Every other action delivered exactly once.
+    assert receiver.accepted == Counter({a.order_id: 1 for a in good})
+    assert all(receiver.attempts[a.order_id] == 1 for a in good)
+    # Each failing action was tried exactly max_attempts times, then dead-lettered.
+    for a in failing:
+        assert receiver.attempts[a.order_id] == max_attempts, receiver.attempts
+        assert receiver.attempt_headers[a.order_id] == [str(n) for n in range(1, max_attempts + 1)]
+    letters = [decode_dead_letter(r.value)
+               for r in await read_all(settings.kafka.bootstrap or "", settings.kafka.topics.dead_letters,
+                                       expect_at_least=4)]
+    assert len(letters) == 4, letters
+    assert sorted(dl.key or "" for dl in letters) == sorted(a.order_id for a in failing)
+    for dl in letters:
+        assert dl.stage == "delivery" and dl.error_type == "WebhookDeliveryFailed"
+        assert dl.attempts == max_attempts, dl
+        assert f"failed after {max_attempts} attempts" in dl.error
+        assert dl.topic == settings.kafka.topics.actions and dl.source == "kafka"
+        if (dl.key or "").startswith("fail-503"):
+            assert dl.error.endswith("HTTP 503"), dl.error
+        else:
+            assert "TimeoutError: no answer within 300 ms" in dl.error, dl.error
