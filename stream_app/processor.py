@@ -12,7 +12,8 @@ For one batch (records of any partitions, each partition's records in offset ord
    which are dead-lettered with stage ``processing`` while the rest of the batch goes on;
 4. claim the decided ids in the ledger and build the outputs: one decision per order on the
    ``decisions`` topic and one action per non-allow decision on ``actions``, both keyed by
-   ``order_id``; repeats carry the header ``fraudscore-duplicate: 1``.
+   ``order_id``; repeats carry the header ``fraudscore-duplicate: 1`` (on Kinesis, which has no
+   headers, the sink turns it into ``"duplicate": true`` in the record's JSON).
 
 Nothing here commits: the caller publishes :attr:`BatchResult.outputs`, waits until they are
 durable, and only then commits the batch's offsets / checkpoints.
@@ -41,12 +42,12 @@ from stream_app.deadletter import Stage, for_record, to_out_record
 from stream_app.exceptions import StreamError, WebhookDeliveryFailed
 from stream_app.ledger import DecisionLedger
 from stream_app.policy import SKIPPED, ErrorAction, ErrorPolicy, dead_letter_everything
+from stream_app.records import DUPLICATE_HEADER as DUPLICATE_HEADER  # re-exported (tests, consumers)
 from stream_app.records import Outputs, OutRecord, SourceRecord
 from stream_app.store_view import LateCapturingStore
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_HEADER = "fraudscore-duplicate"
 _DUP = ((DUPLICATE_HEADER, b"1"),)
 SourceKind = Literal["kafka", "kinesis"]
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: Kafka header on a repeated decision / action (an ``order_id`` already published unmarked). Kinesis
+#: records have no headers: the Kinesis sink carries the mark as ``"duplicate": true`` in the JSON.
+DUPLICATE_HEADER = "fraudscore-duplicate"
+
 
 @dataclass(slots=True, frozen=True)
 class SourceRecord:

@@ -4,6 +4,12 @@
 no failed record left), so the caller may commit the input offsets afterwards. A failure raises
 :class:`~stream_app.exceptions.SinkError`; the caller retries the whole batch (records are keyed
 by ``order_id``, so a re-publish is a redelivery of the same key, never a new effect).
+
+Repeats (records with the header ``fraudscore-duplicate: 1``) keep that header on Kafka. Kinesis
+records have no headers, so :class:`KinesisSink` writes the mark into the record itself: a repeated
+decision or action is the same JSON object plus ``"duplicate": true`` (the first, unmarked record has
+no such field). Event decoders ignore unknown fields, so the record still decodes as the contract's
+``Decision`` / ``Action``; the partition key stays the ``order_id`` (same shard, same dedup key).
 """
 
 from __future__ import annotations
@@ -13,13 +19,18 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from stream_app import metrics as smetrics
 from stream_app.exceptions import SinkError
-from stream_app.records import Outputs, OutRecord
+from stream_app.records import DUPLICATE_HEADER, Outputs, OutRecord
+
+#: JSON field marking a repeated decision / action on Kinesis (the Kafka header's counterpart)
+DUPLICATE_FIELD = "duplicate"
+_MARK = (DUPLICATE_HEADER, b"1")
 
 
 class RecordSink(ABC):
@@ -99,11 +110,27 @@ class KafkaSink(RecordSink):
             await self.producer.stop()
 
 
+def mark_duplicate(value: bytes) -> bytes:
+    """``value`` (a JSON object) with ``"duplicate": true`` set: how a repeat is marked on Kinesis."""
+    doc = msgspec.json.decode(value)
+    if not isinstance(doc, dict):
+        raise SinkError("only a JSON object can carry the duplicate mark")
+    doc[DUPLICATE_FIELD] = True
+    return msgspec.json.encode(doc)
+
+
+def is_marked_duplicate(data: bytes) -> bool:
+    """Whether a decision / action read from a Kinesis stream is a marked repeat."""
+    doc = msgspec.json.decode(data)
+    return isinstance(doc, dict) and doc.get(DUPLICATE_FIELD) is True
+
+
 class KinesisSink(RecordSink):
     """``PutRecords`` in chunks of 500 records / 5 MB; failed records are retried with backoff.
 
-    Kinesis records have no headers: a redelivered decision is not marked there (consumers keep
-    one record per ``order_id``, the partition key, as on Kafka).
+    Kinesis records have no headers: a repeat (header ``fraudscore-duplicate: 1``) is published as
+    its JSON plus ``"duplicate": true`` (:func:`mark_duplicate`); the partition key is the record key
+    (``order_id``) either way. Other headers are dropped (a dead letter's stage is in its envelope).
     """
 
     MAX_RECORDS = 500
@@ -118,8 +145,9 @@ class KinesisSink(RecordSink):
         chunks: list[list[dict[str, Any]]] = [[]]
         size = 0
         for r in records:
-            entry = {"Data": r.value, "PartitionKey": r.key.decode("utf-8", "replace")[:256]}
-            n = len(r.value) + len(entry["PartitionKey"])
+            data = mark_duplicate(r.value) if _MARK in r.headers else r.value
+            entry = {"Data": data, "PartitionKey": r.key.decode("utf-8", "replace")[:256]}
+            n = len(data) + len(entry["PartitionKey"])
             if len(chunks[-1]) >= self.MAX_RECORDS or size + n > self.MAX_BYTES:
                 chunks.append([])
                 size = 0

@@ -11,10 +11,11 @@ import boto3
 import msgspec
 from streamkit import make_traffic
 
-from contracts.events import Decision
+from contracts.events import Action, Decision
 from fraudscore.assemble import build_parts
 from stream_app.deadletter import decode_dead_letter
 from stream_app.kinesis_checkpoints import SHARD_END
+from stream_app.sinks import is_marked_duplicate
 from stream_app.worker import StreamWorker
 from tests.services import MotoServer
 
@@ -31,14 +32,19 @@ def put(client: Any, stream: str, records: list[tuple[bytes, bytes]]) -> None:
 
 
 def read_stream(client: Any, stream: str) -> list[bytes]:
-    out = []
+    return [data for _, data in read_records(client, stream)]
+
+
+def read_records(client: Any, stream: str) -> list[tuple[str, bytes]]:
+    """(PartitionKey, Data) of every record of every shard."""
+    out: list[tuple[str, bytes]] = []
     for shard in client.list_shards(StreamName=stream)["Shards"]:
         it = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
                                        ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
         empty = 0
         while it and empty < 3:
             resp = client.get_records(ShardIterator=it, Limit=1000)
-            out.extend(r["Data"] for r in resp["Records"])
+            out.extend((r["PartitionKey"], r["Data"]) for r in resp["Records"])
             empty = 0 if resp["Records"] else empty + 1
             it = resp.get("NextShardIterator")
     return out
@@ -92,11 +98,33 @@ async def test_kinesis_end_to_end_with_a_shard_split(
         worker.stop()
         await asyncio.wait_for(task, 60)
 
-    decisions = [msgspec.json.decode(v, type=Decision) for v in read_stream(client, t.decisions)]
-    per_id = Counter(d.order_id for d in decisions)
-    missing = traffic.order_ids - set(per_id)
-    assert not missing, (len(decisions), len(missing), worker.consumers["orders"].stats)
-    assert len(decisions) == len(traffic.order_ids) + len(traffic.duplicates)  # repeats answered, not re-applied
+    # Kinesis has no headers: a repeat carries "duplicate": true in its JSON (and still decodes as a
+    # Decision); the partition key is the order id either way.
+    unmarked: dict[str, list[Decision]] = {}
+    marked: dict[str, list[Decision]] = {}
+    for key, data in read_records(client, t.decisions):
+        d = msgspec.json.decode(data, type=Decision)
+        assert key == d.order_id
+        (marked if is_marked_duplicate(data) else unmarked).setdefault(d.order_id, []).append(d)
+    missing = traffic.order_ids - set(unmarked)
+    assert not missing, (len(unmarked), len(missing), worker.consumers["orders"].stats)
+    assert set(unmarked) == traffic.order_ids and all(len(v) == 1 for v in unmarked.values()), \
+        "exactly one unmarked decision per order_id"
+    assert Counter({k: len(v) for k, v in marked.items()}) == Counter(traffic.duplicates), \
+        "every repeat marked, nothing else"
+    first = {oid: ds[0] for oid, ds in unmarked.items()}
+    acts_unmarked: Counter[str] = Counter()
+    acts_marked: Counter[str] = Counter()
+    for key, data in read_records(client, t.actions):
+        a = msgspec.json.decode(data, type=Action)
+        assert key == a.order_id
+        if is_marked_duplicate(data):
+            acts_marked[a.order_id] += 1
+        else:
+            assert a.action == first[a.order_id].decision
+            acts_unmarked[a.order_id] += 1
+    assert acts_unmarked == Counter({oid for oid, d in first.items() if d.decision != "allow"})
+    assert acts_marked == Counter(oid for oid, ds in marked.items() for d in ds if d.decision != "allow")
     letters = [decode_dead_letter(v) for v in read_stream(client, t.dead_letters)]
     assert len(letters) == len(traffic.bad)
     assert all(dl.source == "kinesis" and isinstance(dl.partition, str) and dl.offset for dl in letters)
