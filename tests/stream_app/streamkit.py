@@ -56,11 +56,18 @@ def make_traffic(
     bad_every: int = 0,
     rate_per_s: float = 20.0,
     prefix: str = "o",
+    all_entities: bool = False,
 ) -> Traffic:
     """``n`` unique orders (plus duplicates and bad events), event times ``1/rate_per_s`` apart on average,
-    emitted shuffled within ``reorder_window_s`` of event time."""
+    emitted shuffled within ``reorder_window_s`` of event time.
+
+    ``all_entities`` also gives every order an ``email_domain`` (one per customer, ~200 domains shared
+    by many customers) and a ``terminal_id`` (a few per merchant), so every entity kind of the default
+    feature set is exercised; they come from a separate random stream, so everything else is the same."""
     rng = random.Random(seed)
     cards = {f"c{i}": [f"card-{i}-{j}" for j in range(1 + i % 2)] for i in range(customers)}
+    extra = random.Random(f"{seed}-entities")
+    email_of = {f"c{i}": f"mail{extra.randrange(200)}.example" for i in range(customers)} if all_entities else {}
     countries = ["FR", "DE", "US", "GB", "ES"]
     t = START
     orders: list[Order] = []
@@ -68,14 +75,20 @@ def make_traffic(
         t += dt.timedelta(seconds=rng.expovariate(rate_per_s))
         cust = f"c{rng.randrange(customers)}"
         bill = rng.choice(countries)
+        # drawn in the order the fields below used to draw them: the same seed gives the same traffic
+        amount = round(rng.lognormvariate(3.5, 1.0), 2)
+        created = START - dt.timedelta(days=rng.randrange(0, 900))
+        merchant = f"m{rng.randrange(40)}"
         orders.append(Order(
             order_id=f"{prefix}-{seed}-{i}",
             event_time=t,
             customer_id=cust,
-            amount=round(rng.lognormvariate(3.5, 1.0), 2),
+            amount=amount,
             currency="EUR",
-            account_created_at=START - dt.timedelta(days=rng.randrange(0, 900)),
-            merchant_id=f"m{rng.randrange(40)}",
+            account_created_at=created,
+            merchant_id=merchant,
+            terminal_id=f"{merchant}-t{extra.randrange(4)}" if all_entities else None,
+            email_domain=email_of.get(cust),
             channel=rng.choice(["web", "app", "pos"]),
             payment={"method": "card", "card_fingerprint": rng.choice(cards[cust]), "card_country": bill},  # type: ignore[arg-type]
             ip_address=f"10.0.{rng.randrange(50)}.{rng.randrange(50)}",
@@ -215,6 +228,21 @@ def probe_orders(orders: Sequence[Order], at: dt.datetime) -> list[Order]:
     out = []
     for i, o in enumerate(orders):
         out.append(msgspec.structs.replace(o, order_id=f"probe-{i}", event_time=at))
+    return out
+
+
+def covering_orders(orders: Sequence[Order], entities: dict[str, str]) -> list[Order]:
+    """The first order of every entity of every kind in ``entities`` (the feature set's name → order
+    field path): probes made from them read every aggregate the orders touched."""
+    from feature_state.layout import field_value
+
+    seen: set[tuple[str, Any]] = set()
+    out = []
+    for o in orders:
+        keys = {(kind, v) for kind, path in entities.items() if (v := field_value(o, path)) is not None}
+        if not keys <= seen:
+            seen |= keys
+            out.append(o)
     return out
 
 
