@@ -308,16 +308,24 @@ class LabelsProcessor:
         result = BatchResult()
         fail = _Failures(self.policy, self.topics.dead_letters, self.source, result)
         labels: list[LabelEvent] = []
+        recs: list[SourceRecord] = []
         for rec in records:
             try:
                 labels.append(decode_label(rec.value))
+                recs.append(rec)
             except CardNumberError as exc:
                 fail(exc, rec, "card_number")
             except ContractError as exc:
                 fail(exc, rec, "decode")
+        late: dict[int, str] = {}
         if labels:
-            await self.store.apply_labels(labels)  # FeatureStoreUnavailable → the caller retries
-        result.orders = len(labels)
+            applied = await self.store.apply_labels(labels)  # FeatureStoreUnavailable → the caller retries
+            for ev in applied.late:  # refused as too late for an entity: dead-lettered, never silently dropped
+                if 0 <= ev.index < len(recs):
+                    late.setdefault(ev.index, ev.reason())
+        for idx, reason in late.items():
+            fail(LateEventError(reason), recs[idx], "late")
+        result.orders = len(labels) - len(late)
         return result
 
     def committed(self) -> None:

@@ -29,23 +29,38 @@ async def test_labels_update_label_derived_features_once(stream_settings: Any) -
     bs, t = settings.kafka.bootstrap or "", settings.kafka.topics
     await produce(bs, t.labels, records)
 
+    # then, in a later batch: a fraud label far behind its customer's watermark (late: dead-lettered, not
+    # applied, never silently dropped) and a good redelivery after it
+    first = min(labels, key=lambda lb: lb.label_time)
+    too_late = msgspec.structs.replace(first, order_id="late-label-1",
+                                       label_time=first.label_time - dt.timedelta(days=30))
+    later: list[tuple[bytes | None, bytes]] = [(b"late-label-1", encode(too_late)), records[0]]
+
     parts = build_parts(settings)
     worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("labels",))
     task = asyncio.create_task(worker.run())
-    try:
+
+    async def consumed(n: int) -> None:
         for _ in range(1200):
             if task.done():
                 task.result()
-            if worker.consumers and worker.consumers["labels"].stats.events >= len(records):
-                break
+            if worker.consumers and worker.consumers["labels"].stats.events >= n:
+                return
             await asyncio.sleep(0.05)
+        raise AssertionError(f"the labels consumer did not reach {n} events")
+
+    try:
+        await consumed(len(records))
+        await produce(bs, t.labels, later)
+        await consumed(len(records) + len(later))
     finally:
         worker.stop()
         await asyncio.wait_for(task, 60)
-    assert worker.stats.labels == len(records) - 1
+    assert worker.stats.labels == len(records) - 1 + 1  # the bad one and the late one are not applied
 
-    letters = [decode_dead_letter(r.value) for r in await read_all(bs, t.dead_letters, expect_at_least=1)]
-    assert [(dl.stage, dl.topic) for dl in letters] == [("decode", t.labels)]
+    letters = [decode_dead_letter(r.value) for r in await read_all(bs, t.dead_letters, expect_at_least=2)]
+    assert [(dl.stage, dl.topic) for dl in letters] == [("decode", t.labels), ("late", t.labels)]
+    assert letters[1].key == "late-label-1" and "allowed lateness" in letters[1].error
 
     oracle = MemoryStore(load_feature_set(None), allowed_lateness_s=10**9)
     await oracle.apply_labels(labels)
