@@ -309,10 +309,15 @@ class LabelsProcessor:
         fail = _Failures(self.policy, self.topics.dead_letters, self.source, result)
         labels: list[LabelEvent] = []
         recs: list[SourceRecord] = []
+        seen = result.event_time  # per partition, for the consumer's event-time alignment (as for orders)
         for rec in records:
             try:
-                labels.append(decode_label(rec.value))
+                label = decode_label(rec.value)
+                labels.append(label)
                 recs.append(rec)
+                ts = label.label_time.timestamp()
+                if ts > seen.get(rec.partition, -1.0):
+                    seen[rec.partition] = ts
             except CardNumberError as exc:
                 fail(exc, rec, "card_number")
             except ContractError as exc:

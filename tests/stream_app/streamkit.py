@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,6 +154,18 @@ def labels_for(orders: Sequence[Order], every: int = 50) -> list[Label]:
                              source="chargeback", label_time=o.event_time + dt.timedelta(days=30),
                              customer_id=o.customer_id))
     return out
+
+
+async def consumed(worker: Any, task: asyncio.Task[Any], role: str, n: int, timeout_s: float = 120.0) -> None:
+    """Wait until ``worker``'s ``role`` consumer has taken ``n`` records; re-raises the worker's failure."""
+    deadline = time.monotonic() + timeout_s
+    while not (worker.consumers and worker.consumers[role].stats.events >= n):
+        if task.done():
+            task.result()
+            raise AssertionError(f"the worker stopped before consuming {n} {role} records")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the {role} consumer did not reach {n} records: {worker.consumers[role].stats}")
+        await asyncio.sleep(0.05)
 
 
 async def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> int:

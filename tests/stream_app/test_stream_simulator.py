@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Any
 
 import msgspec
-from streamkit import read_all
+from streamkit import consumed, read_all
 
 from contracts.events import Decision
 from fraudscore.assemble import build_parts
@@ -45,14 +45,7 @@ async def test_simulated_traffic_truth_matches_marks_and_dead_letters(stream_set
     worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("orders",))
     task = asyncio.create_task(worker.run())
     try:
-        for _ in range(2400):
-            if task.done():
-                task.result()
-            if worker.consumers and worker.consumers["orders"].stats.events >= n_orders:
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"the worker did not consume everything: {worker.consumers['orders'].stats}")
+        await consumed(worker, task, "orders", n_orders)
     finally:
         worker.stop()
         await asyncio.wait_for(task, 60)

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from aiohttp import web
-from streamkit import produce, read_all
+from streamkit import consumed, produce, read_all
 
 from contracts.events import Action, encode
 from fraudscore.assemble import build_parts
@@ -91,12 +91,7 @@ async def test_webhook_delivers_every_action_once_per_key(stream_settings: Any) 
         worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("webhook",))
         task = asyncio.create_task(worker.run())
         try:
-            for _ in range(1200):
-                if task.done():
-                    task.result()
-                if worker.consumers and worker.consumers["webhook"].stats.events >= len(records):
-                    break
-                await asyncio.sleep(0.1)
+            await consumed(worker, task, "webhook", len(records))
         finally:
             worker.stop()
             await asyncio.wait_for(task, 60)
@@ -174,12 +169,7 @@ async def test_webhook_dead_letters_after_max_attempts_with_the_attempt_count(st
         worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("webhook",))
         task = asyncio.create_task(worker.run())
         try:
-            for _ in range(1200):
-                if task.done():
-                    task.result()
-                if worker.consumers and worker.consumers["webhook"].stats.events >= len(records):
-                    break
-                await asyncio.sleep(0.1)
+            await consumed(worker, task, "webhook", len(records))
             stats = worker.consumers["webhook"].stats
             committed = sum(worker.consumers["webhook"].next_offset.values())  # type: ignore[attr-defined]
         finally:
