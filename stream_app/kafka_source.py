@@ -133,10 +133,13 @@ async def retry_batch(
     stats: ConsumerStats,
     stopping: asyncio.Event | None = None,
     chunk: AdaptiveChunk | None = None,
+    slow_s: float | None = None,
 ) -> BatchResult:
     """Process and publish one batch, retrying transient failures with jittered backoff.
 
-    A feature-store failure also halves the chunk given to the pipeline. Raises
+    A feature-store failure also halves the chunk given to the pipeline, and so does a batch that
+    succeeded but took longer than ``slow_s`` (a slow downstream: the chunk also bounds the next poll,
+    so the time between polls stays well inside the consumer's poll interval). Raises
     :class:`BatchAbandoned` when the budget runs out (or a stop is requested mid-retry).
     """
     chunk = chunk or AdaptiveChunk(len(records) or 1)
@@ -144,9 +147,16 @@ async def retry_batch(
     delay = 0.05
     while True:
         try:
+            t0 = time.monotonic()
             result = await process_chunked(records, processor, chunk.size)
             await sink.publish(result.outputs)
-            chunk.grow()
+            if slow_s is not None and time.monotonic() - t0 > slow_s and len(records) > chunk.floor:
+                chunk.shrink()
+                smetrics.SLOW_BATCHES.inc()
+                log.warning("a batch of %d records took %.1fs (> %.1fs, a quarter of the poll interval): "
+                            "next batches of at most %d", len(records), time.monotonic() - t0, slow_s, chunk.size)
+            else:
+                chunk.grow()
             return result
         except RETRYABLE as exc:
             store = isinstance(exc, FeatureStoreUnavailable)
@@ -258,7 +268,8 @@ class KafkaBatchConsumer:
         try:
             while not self.stopping.is_set():
                 try:
-                    data = await consumer.getmany(timeout_ms=wait_ms, max_records=s.max_batch)
+                    # the adaptive chunk bounds the poll too: after slow batches, fewer records per poll
+                    data = await consumer.getmany(timeout_ms=wait_ms, max_records=self.chunk.size)
                 except KafkaError as exc:
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
                     log.warning("%s: poll failed: %s", self.name, exc)
@@ -288,7 +299,8 @@ class KafkaBatchConsumer:
         try:
             result = await retry_batch(records, self.processor, self.sink,
                                        budget_s=self.settings.stream.batch_retry_budget_s,
-                                       stats=self.stats, stopping=self.stopping, chunk=self.chunk)
+                                       stats=self.stats, stopping=self.stopping, chunk=self.chunk,
+                                       slow_s=self.settings.stream.max_poll_interval_ms / 4000.0)
         except BatchAbandoned as exc:
             self.stats.abandoned += 1
             smetrics.RETRIES.labels("abandoned").inc()

@@ -33,6 +33,10 @@ BATCH_SECONDS = Histogram(
 )
 DUPLICATES = Counter("fraudscore_stream_duplicates_total", "Redelivered orders (marked as duplicates)")
 RETRIES = Counter("fraudscore_stream_retries_total", "Batch retries by reason", ["reason"])
+SLOW_BATCHES = Counter(
+    "fraudscore_stream_slow_batches_total",
+    "Batches that took longer than a quarter of the poll interval (the next polls take fewer records)",
+)
 REBALANCES = Counter("fraudscore_stream_rebalances_total", "Partitions assigned or revoked", ["kind"])
 KINESIS_BEHIND = Gauge("fraudscore_kinesis_millis_behind", "Kinesis MillisBehindLatest per shard", ["stream", "shard"])
 WEBHOOK = Counter("fraudscore_webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"])
