@@ -12,6 +12,11 @@ One item per (application, stream, shard)::
   move its checkpoint (the new owner replays from the last checkpoint; effects are idempotent).
 * ``SHARD_END`` marks a closed shard (after a split or merge) as fully processed; a child shard is
   only taken once all its parents are at ``SHARD_END``, so per-key order survives resharding.
+
+Plus one **heartbeat** item per live worker, ``"<group>:<stream>#worker:<worker id>"`` with
+``owner`` and ``lease_expires`` (never matched by the shard scan, which reads ``"<group>:<stream>:"``):
+the workers that count for the fair share are those whose heartbeat has not expired. A worker
+refreshes its heartbeat at each lease check and deletes it on a graceful stop.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class DynamoCheckpoints:
         self.client = client
         self.table = table
         self.prefix = f"{app}:{stream}:"
+        self.worker_prefix = f"{app}:{stream}#worker:"
         self.owner = owner
         self.lease_s = lease_s
 
@@ -77,27 +83,59 @@ class DynamoCheckpoints:
             if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
                 raise CheckpointError(f"cannot create DynamoDB table {self.table}: {exc}") from exc
 
-    def leases(self) -> dict[str, Lease]:
+    def _scan(self, prefix: str) -> list[dict[str, Any]]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        out: dict[str, Lease] = {}
+        items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {
             "TableName": self.table, "ConsistentRead": True,
-            "FilterExpression": "begins_with(lease_key, :p)", "ExpressionAttributeValues": {":p": {"S": self.prefix}},
+            "FilterExpression": "begins_with(lease_key, :p)", "ExpressionAttributeValues": {":p": {"S": prefix}},
         }
         try:
             while True:
                 resp = self.client.scan(**kwargs)
-                for item in resp.get("Items", []):
-                    shard = item["lease_key"]["S"][len(self.prefix):]
-                    out[shard] = Lease(shard, item.get("owner", {}).get("S"),
-                                       float(item.get("lease_expires", {}).get("N", "0")),
-                                       item.get("checkpoint", {}).get("S"))
+                items.extend(resp.get("Items", []))
                 if "LastEvaluatedKey" not in resp:
-                    return out
+                    return items
                 kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
         except (BotoCoreError, ClientError) as exc:
             raise CheckpointError(f"cannot read leases from {self.table}: {exc}") from exc
+
+    def leases(self) -> dict[str, Lease]:
+        out: dict[str, Lease] = {}
+        for item in self._scan(self.prefix):
+            shard = item["lease_key"]["S"][len(self.prefix):]
+            out[shard] = Lease(shard, item.get("owner", {}).get("S"),
+                               float(item.get("lease_expires", {}).get("N", "0")),
+                               item.get("checkpoint", {}).get("S"))
+        return out
+
+    # ------------------------------------------------------------------ worker heartbeats
+    def heartbeat(self) -> None:
+        """Announce this worker as live until ``now + lease_s``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_item(TableName=self.table, Item={
+                "lease_key": {"S": self.worker_prefix + self.owner}, "owner": {"S": self.owner},
+                "lease_expires": {"N": repr(time.time() + self.lease_s)},
+            })
+        except (BotoCoreError, ClientError) as exc:
+            raise CheckpointError(f"cannot write the heartbeat of {self.owner}: {exc}") from exc
+
+    def workers(self, now: float) -> set[str]:
+        """The workers whose heartbeat has not expired."""
+        return {item["owner"]["S"] for item in self._scan(self.worker_prefix)
+                if "owner" in item and float(item.get("lease_expires", {}).get("N", "0")) >= now}
+
+    def leave(self) -> None:
+        """Delete this worker's heartbeat (graceful stop)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_item(TableName=self.table, Key={"lease_key": {"S": self.worker_prefix + self.owner}})
+        except (BotoCoreError, ClientError) as exc:
+            raise CheckpointError(f"cannot delete the heartbeat of {self.owner}: {exc}") from exc
 
     def acquire(self, shard_id: str) -> bool:
         """Take the shard if it is free, expired or already ours; False when another worker holds it."""

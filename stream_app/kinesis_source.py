@@ -1,10 +1,13 @@
 """The Kinesis source: shard leases, micro-batches across owned shards, checkpoints after effects.
 
-Loop: every ``kinesis_lease_s / 3`` list the shards, renew owned leases and acquire free ones up to
-a fair share (open shards ÷ live workers), taking a child shard only once its parents are at
-``SHARD_END``. Each poll calls ``GetRecords`` on the owned shards (threads, boto3), merges the
-records into one micro-batch, runs it through the processor, publishes the outputs, and only then
-checkpoints each shard's last sequence number (conditional on still owning the lease). A shard
+Loop: every ``kinesis_lease_s / 3`` refresh this worker's heartbeat, list the shards, renew owned
+leases, release the shards held beyond a fair share (⌈ready shards ÷ live workers⌉, live = unexpired
+heartbeat) and acquire free ones up to it, taking a child shard only once its parents are at
+``SHARD_END``. The balance runs between batches, after everything processed was checkpointed, so a
+released shard is taken over from its checkpoint with nothing replayed. Each poll calls
+``GetRecords`` on the owned shards (threads, boto3), merges the records into one micro-batch, runs
+it through the processor, publishes the outputs, and only then checkpoints each shard's last
+sequence number (conditional on still owning the lease). A shard
 whose iterator ends (closed by a split or merge) is checkpointed ``SHARD_END`` and released.
 A failed batch is retried within ``batch_retry_budget_s``, then every shard of the batch is
 rewound to its checkpoint.
@@ -103,10 +106,13 @@ class KinesisBatchConsumer:
         return str(resp["ShardIterator"])
 
     def _balance(self) -> None:
-        """Renew owned leases, drop lost ones, take free shards up to a fair share."""
+        """Heartbeat, renew owned leases, drop lost ones, release the surplus over a fair share and
+        take free shards up to it."""
+        self.checkpoints.heartbeat()
         shards = self._list_shards()
         leases = self.checkpoints.leases()
         now = time.time()
+        workers = self.checkpoints.workers(now)
         for shard_id in list(self.owned):
             try:
                 self.checkpoints.renew(shard_id)
@@ -123,9 +129,18 @@ class KinesisBatchConsumer:
 
         ready = [s for s in shards if not done(s["ShardId"])
                  and done(s.get("ParentShardId")) and done(s.get("AdjacentParentShardId"))]
+        # live workers: unexpired heartbeats, plus any holder of an unexpired lease, plus this one
         owners = {lease.owner for lease in leases.values() if lease.owner and not lease.free(now)}
+        owners |= workers
         owners.add(self.worker_id)
         share = math.ceil(len(ready) / max(1, len(owners)))
+        # give up the surplus (never below the share): everything processed is checkpointed already
+        for sid in sorted(self.owned)[share:]:
+            self.checkpoints.release(sid)
+            del self.owned[sid]
+            smetrics.REBALANCES.labels("revoked").inc()
+            log.info("%s: released shard %s (fair share %d of %d shards, %d workers)",
+                     self.name, sid, share, len(ready), len(owners))
         for s in ready:
             if len(self.owned) >= share:
                 break
@@ -211,6 +226,10 @@ class KinesisBatchConsumer:
                     await asyncio.to_thread(self.checkpoints.release, sid)
                 except CheckpointError:
                     log.warning("%s: could not release %s", self.name, sid)
+            try:
+                await asyncio.to_thread(self.checkpoints.leave)
+            except CheckpointError:
+                log.warning("%s: could not delete its heartbeat (it expires in %ss)", self.name, s.kinesis_lease_s)
 
     async def _advance(self, polled: list[tuple[_Shard, list[SourceRecord], str | None, bool]]) -> None:
         """Checkpoint each shard after its records' effects are durable; retire ended shards."""
