@@ -172,12 +172,12 @@ class VectorEvaluator:
     def condition(self, node: Node) -> tuple[np.ndarray, np.ndarray]:
         """(matched, error) masks for a condition: matched where it is ``true``, error where it errors."""
         with np.errstate(all="ignore"):
-            c = self.eval(node)
+            c = self.column(node)
         if c.kind == "bool":
             return c.val & c.ok, c.err | c.null
         return np.zeros(self.n, dtype=bool), np.ones(self.n, dtype=bool)  # non-boolean result: an error
 
-    def eval(self, node: Node) -> Col:
+    def column(self, node: Node) -> Col:
         if isinstance(node, Lit):
             return const(node.kind, node.value, self.n, self.vocab)
         if isinstance(node, Ident):
@@ -200,7 +200,7 @@ class VectorEvaluator:
         return Col("bool", val & ~err, err, self._z())
 
     def unary(self, node: Unary) -> Col:
-        a = self.eval(node.operand)
+        a = self.column(node.operand)
         if node.op == "!":
             if a.kind != "bool":
                 return self._bool(self._z(), a.err | a.ok | a.null)
@@ -231,10 +231,10 @@ class VectorEvaluator:
     def binary(self, node: Binary) -> Col:
         op = node.op
         if op in ("&&", "||"):
-            return self.logic(op, self.eval(node.left), self.eval(node.right))
+            return self.logic(op, self.column(node.left), self.column(node.right))
         if op == "in":
             return self.in_list_literal(node)
-        a, b = self.eval(node.left), self.eval(node.right)
+        a, b = self.column(node.left), self.column(node.right)
         if op in ("==", "!="):
             eq, err = self.equal(a, b)
             return self._bool(eq if op == "==" else ~eq, err)
@@ -340,8 +340,8 @@ class VectorEvaluator:
         return Col("string", codes[inv.reshape(-1)], err, self._z())
 
     def cond(self, node: Cond) -> Col:
-        c = self.eval(node.cond)
-        t, o = self.eval(node.then), self.eval(node.other)
+        c = self.column(node.cond)
+        t, o = self.column(node.then), self.column(node.other)
         if c.kind != "bool":
             return Col(t.kind, t.val, np.ones(self.n, dtype=bool), self._z())
         pick = c.val
@@ -359,7 +359,7 @@ class VectorEvaluator:
     def in_list_literal(self, node: Binary) -> Col:
         if not isinstance(node.right, ListLit) or not all(isinstance(i, Lit) for i in node.right.items):
             raise Unsupported("`in` over a computed list")
-        x = self.eval(node.left)
+        x = self.column(node.left)
         items = [i for i in node.right.items if isinstance(i, Lit)]
         hit = self._z()
         for lit in items:
@@ -383,7 +383,7 @@ class VectorEvaluator:
     def call(self, node: Call) -> Col:
         name = node.name
         if name == "_in_list" and node.target is None and len(node.args) == 2 and isinstance(node.args[1], Lit):
-            x = self.eval(node.args[0])
+            x = self.column(node.args[0])
             if x.kind != "string":
                 return self._bool(self._z(), x.err)
             member = self.membership(str(node.args[1].value))
@@ -391,7 +391,7 @@ class VectorEvaluator:
         if name in ("startsWith", "endsWith", "contains", "matches") and node.target is not None:
             if len(node.args) != 1 or not isinstance(node.args[0], Lit) or node.args[0].kind != "string":
                 raise Unsupported(f"{name} with a computed argument")
-            x = self.eval(node.target)
+            x = self.column(node.target)
             arg = str(node.args[0].value)
             if x.kind != "string":
                 return self._bool(self._z(), np.ones(self.n, dtype=bool))
@@ -401,12 +401,12 @@ class VectorEvaluator:
             subject = node.target if node.target is not None else (node.args[0] if len(node.args) == 1 else None)
             if subject is None or (node.target is not None and node.args):
                 raise Unsupported("size() form")
-            x = self.eval(subject)
+            x = self.column(subject)
             if x.kind != "string":
                 raise Unsupported(f"size of {x.kind}")
             return Col("int", self.vocab.map_codes(x.val, len, np.int64), x.err | x.null, self._z())
         if name in ("double", "int") and node.target is None and len(node.args) == 1:
-            x = self.eval(node.args[0])
+            x = self.column(node.args[0])
             if name == "double" and x.kind in ("int", "double"):
                 return Col("double", x.val.astype(np.float64), x.err | x.null, self._z())
             if name == "int" and x.kind == "int":

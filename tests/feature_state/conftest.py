@@ -19,6 +19,7 @@ import pytest
 
 from feature_state.definitions import FeatureSet
 from feature_state.stores.base import FeatureStore
+from tests.services import missing
 
 ALL_STORES = ["memory", "redis", "redis_cluster", "dynamodb"]
 #: the compiled batch kernel and the pure-Python reference path (feature_state.windows)
@@ -57,7 +58,7 @@ def engine(request: pytest.FixtureRequest) -> str:
         from feature_state import kernel
 
         if kernel.load() is None:
-            pytest.skip("no C compiler: the compiled kernel is not available")
+            missing("a C compiler (cc/gcc) for the compiled feature kernel")
     return name
 
 
