@@ -55,17 +55,23 @@ def put(staging: Path, target: Path, text: str) -> None:
     os.replace(staging, target)
 
 
-async def test_serve_hot_reloads_valid_rules_and_refuses_invalid_ones(registry: tuple[Path, str],
-                                                                      tmp_path: Path) -> None:
-    models, _ = registry
+def serve_with_own_rules(models: Path, tmp_path: Path) -> tuple[ServeProcess, Path]:
+    """`fraudscore serve` on a copy of the packaged rules, reloading rules and models every 0.1 s."""
     rules_dir = tmp_path / "rules"
     shutil.copytree(PACKAGED_RULES, rules_dir)
-    staging = tmp_path / "staging.yaml"
     srv = ServeProcess(models, tmp_path, env={
         "FRAUDSCORE_RULES_DIR": str(rules_dir),
         "FRAUDSCORE__RULES__RELOAD_INTERVAL_S": "0.1",
         "FRAUDSCORE__SCORING__MODEL_RELOAD_INTERVAL_S": "0.1",
     })
+    return srv, rules_dir
+
+
+async def test_serve_hot_reloads_valid_rules_and_refuses_invalid_ones(registry: tuple[Path, str],
+                                                                      tmp_path: Path) -> None:
+    models, _ = registry
+    srv, rules_dir = serve_with_own_rules(models, tmp_path)
+    staging = tmp_path / "staging.yaml"
     try:
         await srv.wait_serving()
         async with grpc.aio.insecure_channel(srv.target) as ch:
@@ -126,13 +132,7 @@ async def test_a_failing_model_reload_does_not_stop_rules_reloading(registry: tu
     """The reload loop looks at the model registry and the rules in turn: an error in one (here an
     unreadable champion pointer) must not keep the other from reloading."""
     models, version = registry
-    rules_dir = tmp_path / "rules"
-    shutil.copytree(PACKAGED_RULES, rules_dir)
-    srv = ServeProcess(models, tmp_path, env={
-        "FRAUDSCORE_RULES_DIR": str(rules_dir),
-        "FRAUDSCORE__RULES__RELOAD_INTERVAL_S": "0.1",
-        "FRAUDSCORE__SCORING__MODEL_RELOAD_INTERVAL_S": "0.1",
-    })
+    srv, rules_dir = serve_with_own_rules(models, tmp_path)
     try:
         await srv.wait_serving()
         (models / "champion").write_bytes(b"\xff\xfe not a version\n")  # every model refresh now raises

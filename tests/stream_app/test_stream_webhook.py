@@ -57,6 +57,19 @@ class FlakyReceiver:
         return web.Response(status=201)
 
 
+async def run_webhook_role(settings: Any, n: int) -> Any:
+    """Run a worker with the webhook role until it has consumed ``n`` records; its (stopped) consumer."""
+    parts = build_parts(settings)
+    worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("webhook",))
+    task = asyncio.create_task(worker.run())
+    try:
+        await consumed(worker, task, "webhook", n)
+        return worker.consumers["webhook"]
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+
 async def test_webhook_delivers_every_action_once_per_key(stream_settings: Any) -> None:
     receiver = FlakyReceiver()
     app = web.Application()
@@ -87,14 +100,7 @@ async def test_webhook_delivers_every_action_once_per_key(stream_settings: Any) 
         records.append((b"junk", b"{not json"))
         await produce(settings.kafka.bootstrap or "", settings.kafka.topics.actions, records)
 
-        parts = build_parts(settings)
-        worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("webhook",))
-        task = asyncio.create_task(worker.run())
-        try:
-            await consumed(worker, task, "webhook", len(records))
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 60)
+        await run_webhook_role(settings, len(records))
     finally:
         await runner.cleanup()
 
@@ -165,16 +171,9 @@ async def test_webhook_dead_letters_after_max_attempts_with_the_attempt_count(st
         records: list[tuple[bytes | None, bytes]] = [(a.order_id.encode(), encode(a)) for a in ordered]
         await produce(settings.kafka.bootstrap or "", settings.kafka.topics.actions, records)
 
-        parts = build_parts(settings)
-        worker = StreamWorker(settings, parts.pipeline, parts.store, roles=("webhook",))
-        task = asyncio.create_task(worker.run())
-        try:
-            await consumed(worker, task, "webhook", len(records))
-            stats = worker.consumers["webhook"].stats
-            committed = sum(worker.consumers["webhook"].next_offset.values())  # type: ignore[attr-defined]
-        finally:
-            worker.stop()
-            await asyncio.wait_for(task, 60)
+        consumer = await run_webhook_role(settings, len(records))
+        stats = consumer.stats
+        committed = sum(consumer.next_offset.values())
     finally:
         receiver.release.set()
         await runner.cleanup()
