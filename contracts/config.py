@@ -246,6 +246,9 @@ class Settings(_Section):
     rules: RulesSettings = Field(default_factory=RulesSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="asyncio event loop of the long-running processes (up, serve, worker): auto = uvloop "
+        "(libuv, written in C) when it is installed, else the standard loop")
 
     @property
     def models_dir(self) -> Path:

@@ -8,7 +8,6 @@ ran and found problems (e.g. invalid rules), 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -52,9 +51,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from fraudscore.loop import run
     from fraudscore.up import run_platform
 
-    return asyncio.run(run_platform(settings, demo=args.demo, demo_rate=args.rate))
+    return run(run_platform(settings, demo=args.demo, demo_rate=args.rate), settings.event_loop)
 
 
 def _add_up(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

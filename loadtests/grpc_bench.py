@@ -150,21 +150,21 @@ async def open_loop(stubs: list[Any], rate: float, seconds: float, offset: int) 
     reqs = [request_for(offset + i) for i in range(n)]
     lat: list[float] = []
     errors = 0
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.05
+    clock = time.perf_counter  # not loop.time(): uvloop's clock has 1 ms resolution
+    start = clock() + 0.05
     tasks = []
 
     async def one(i: int, due: float) -> None:
         nonlocal errors
         try:
             await stubs[i % len(stubs)](reqs[i], timeout=2.0)
-            lat.append(loop.time() - due)
+            lat.append(clock() - due)
         except grpc.aio.AioRpcError:
             errors += 1
 
     for i in range(n):
         due = start + i / rate
-        delay = due - loop.time()
+        delay = due - clock()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i, due)))
@@ -174,23 +174,23 @@ async def open_loop(stubs: list[Any], rate: float, seconds: float, offset: int) 
 
 async def closed_loop(stubs: list[Any], concurrency: int, seconds: float, offset: int) -> tuple[list[float], float]:
     lat: list[float] = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
+    clock = time.perf_counter
+    end = clock() + seconds
     counter = [offset]
 
     async def worker(k: int) -> None:
-        while loop.time() < end:
+        while clock() < end:
             counter[0] += 1
-            t0 = loop.time()
+            t0 = clock()
             try:
                 await stubs[k % len(stubs)](request_for(counter[0]), timeout=2.0)
-                lat.append(loop.time() - t0)
+                lat.append(clock() - t0)
             except grpc.aio.AioRpcError:
                 pass
 
-    t0 = loop.time()
+    t0 = clock()
     await asyncio.gather(*[worker(k) for k in range(concurrency)])
-    return lat, len(lat) / (loop.time() - t0)
+    return lat, len(lat) / (clock() - t0)
 
 
 def pct(lat: list[float]) -> dict[str, float]:
@@ -291,6 +291,7 @@ def plot(echo: list[float], score: list[float], path: Path, rate: float, store: 
 
 
 async def bench(args: argparse.Namespace) -> int:
+    from fraudscore.loop import loop_name
     from feature_state.definitions import load_feature_set
     from training.train import train_and_register
 
@@ -303,7 +304,7 @@ async def bench(args: argparse.Namespace) -> int:
         print(f"training a {args.trees}-tree model on {len(orders)} synthetic orders …", flush=True)
         version = await asyncio.to_thread(train_and_register, orders, labels, features, work / "models",
                                           rounds=args.trees)
-        env = {**os.environ, "FRAUDSCORE_METRICS_PORT": str(free_port()),
+        env = {**os.environ, "FRAUDSCORE_METRICS_PORT": str(free_port()), "FRAUDSCORE__EVENT_LOOP": args.event_loop,
                **dict(kv.split("=", 1) for kv in args.server_env)}
         metrics_port = int(env["FRAUDSCORE_METRICS_PORT"])
         if args.store == "redis":
@@ -337,7 +338,7 @@ async def bench(args: argparse.Namespace) -> int:
              "--no-publish", "--runtime", args.runtime, "--workers", str(args.workers)],
             env=env, stdout=slog, stderr=subprocess.STDOUT, cwd=ROOT)
         echo_proc = subprocess.Popen(  # noqa: ASYNC220 - start-up, before any timing
-            [sys.executable, __file__, "--echo-server", str(eport)], cwd=ROOT)
+            [sys.executable, __file__, "--echo-server", str(eport), "--event-loop", args.event_loop], cwd=ROOT)
         procs += [score_proc, echo_proc]
         wait_port(sport, 120)
         wait_port(eport)
@@ -385,7 +386,7 @@ async def bench(args: argparse.Namespace) -> int:
             "command": "python loadtests/grpc_bench.py " + " ".join(sys.argv[1:]),
             "offered_rps": args.rate, "seconds_per_block": args.seconds, "rounds": args.rounds,
             "store": args.store, "runtime": args.runtime, "server_env": args.server_env, "workers": args.workers,
-            "model_trees": args.trees,
+            "model_trees": args.trees, "event_loop": loop_name(args.event_loop),
             "open_loop": {"echo": e, "score": s, "errors": errors},
             "p99_ratio_score_over_echo": round(ratio, 3),
             "server_cpu_us_per_call": server_cpu_us,
@@ -438,12 +439,17 @@ def main() -> int:
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for the Score server (ablations), e.g. "
                     "FRAUDSCORE__SCORING__REASONS_TOP_K=0")
+    ap.add_argument("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                    help="event loop of the Score and echo servers (default auto: uvloop when installed, as "
+                    "`fraudscore serve`); the client always runs the standard loop")
     ap.add_argument("--out", default="grpc_bench", help="report name under reports/ (default grpc_bench)")
     args = ap.parse_args()
+    from fraudscore.loop import run
+
     if args.echo_server:
-        asyncio.run(run_echo(args.echo_server))
+        run(run_echo(args.echo_server), args.event_loop)
         return 0
-    return asyncio.run(bench(args))
+    return asyncio.run(bench(args))  # the client: the standard loop (finer timers), whatever the servers run
 
 
 if __name__ == "__main__":

@@ -199,6 +199,9 @@ async def main() -> int:
     ap.add_argument("--rate", type=float, default=10_000.0, help="live rate for the freshness run")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of the freshness run")
     ap.add_argument("--max-batch", type=int, default=2000)
+    ap.add_argument("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                    help="event loop of this process, so of the baseline and the pipeline alike (default auto: "
+                    "uvloop when installed, as `fraudscore worker`)")
     ap.add_argument("--ablations", action="store_true",
                     help="also run the pipeline without reasons, without the feature store, and rules only "
                          "(each over the same orders, in its own consumer group): where the time goes")
@@ -258,7 +261,7 @@ async def main() -> int:
                 rate = res["orders_per_s"]
                 print(f"ablation  {name:<11} {rate:>9,.0f} orders/s  ratio {rate / base:.2f}")
         report = {"orders": len(traffic.emitted), "partitions": args.partitions, "max_batch": args.max_batch,
-                  "baseline_events_per_s": base, "pipeline": pipe, "ratio": ratio, "ablations": ablations,
+                  "baseline_events_per_s": base, "pipeline": pipe, "event_loop": _loop_choice(), "ratio": ratio, "ablations": ablations,
                   "command": "python loadtests/stream_bench.py " + " ".join(sys.argv[1:])}
         out = ROOT / "reports"
         out.mkdir(exist_ok=True)
@@ -270,5 +273,14 @@ async def main() -> int:
             broker.stop()
 
 
+def _loop_choice() -> str:
+    argv = sys.argv[1:]
+    if "--event-loop" in argv and argv.index("--event-loop") + 1 < len(argv):
+        return argv[argv.index("--event-loop") + 1]
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--event-loop=")), "auto")
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    from fraudscore.loop import run
+
+    sys.exit(run(main(), _loop_choice()))

@@ -158,7 +158,9 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if workers > 1 and args.worker_index is None:
         return _supervise(args, workers)
     publish = settings.kafka.bootstrap is not None and not args.no_publish
-    return asyncio.run(_serve_one(settings, args.worker_index or 0, publish))
+    from fraudscore.loop import run
+
+    return run(_serve_one(settings, args.worker_index or 0, publish), settings.event_loop)
 
 
 # ------------------------------------------------------------------------------------------ score

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from contracts.config import Settings
+from fraudscore.loop import running_loop_name
 from rules.reload import RulesHolder
 from scoring.models import ModelHolder
 from scoring.pipeline import DecisionPipeline
@@ -74,7 +75,8 @@ async def serve_grpc(
         f"fraudscore serve[{worker_index}]: gRPC {sc.grpc_host}:{port} "
         f"({'TLS' if sc.tls.cert_file else 'plaintext'}{'+mTLS' if sc.tls.client_ca_file else ''}"
         f"{', token auth' if tokens else ''}) | model {model.version + ' (' + model.kind + ')' if model else 'none'}"
-        f" | ruleset {pipeline.rules.current.version if pipeline.rules.current else 'none'}",
+        f" | ruleset {pipeline.rules.current.version if pipeline.rules.current else 'none'}"
+        f" | loop {running_loop_name()}",
         file=out, flush=True,
     )
     if ready is not None:

@@ -101,12 +101,17 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         parts.rules.refresh()
         parts.models.refresh()
 
+    from fraudscore.loop import install_policy, loop_name, run
+
     print(f"fraudscore worker: roles {','.join(roles)} | source {settings.stream.source} | sink {sink} | "
-          f"http://{settings.metrics.host}:{settings.metrics.port}/healthz", flush=True)
+          f"http://{settings.metrics.host}:{settings.metrics.port}/healthz | loop {loop_name(settings.event_loop)}",
+          flush=True)
+
     if settings.stream.source == "kinesis" and sink == "kinesis":
         from stream_app.app import run_without_kafka
 
-        return asyncio.run(run_without_kafka(settings, worker, health=health, reload=reload))
+        return run(run_without_kafka(settings, worker, health=health, reload=reload), settings.event_loop)
+    install_policy(settings.event_loop)  # faust's worker creates its own loop
     app = build_app(settings, worker, health=health, reload=reload, web_port=settings.metrics.port)
     return run_app(app)
 

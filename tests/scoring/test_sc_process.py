@@ -186,3 +186,26 @@ async def test_serve_publishes_decisions_to_kafka(registry: tuple[Path, str], tm
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.mark.parametrize(("choice", "expected"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+async def test_serve_runs_on_the_configured_event_loop(registry: tuple[Path, str], tmp_path: Path, choice: str,
+                                                       expected: str) -> None:
+    """``event_loop: auto`` serves on uvloop (a dependency on Linux), ``asyncio`` on the standard loop; both score."""
+    proc, port, log = _start(registry, tmp_path, "--no-publish", env={"FRAUDSCORE__EVENT_LOOP": choice})
+    try:
+        await _wait_serving(f"127.0.0.1:{port}", proc)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.FraudScoringStub(ch)
+            for i in range(10):
+                r = await stub.Score(pb.ScoreRequest(order=order_msg(order_id=f"loop{i}")), timeout=5)
+                assert r.order_id == f"loop{i}" and r.model_version and not r.degraded
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    text = (tmp_path / f"serve-{port}.log").read_text()
+    assert f"| loop {expected}" in text, text[-2000:]
