@@ -291,8 +291,8 @@ def plot(echo: list[float], score: list[float], path: Path, rate: float, store: 
 
 
 async def bench(args: argparse.Namespace) -> int:
-    from fraudscore.loop import loop_name
     from feature_state.definitions import load_feature_set
+    from fraudscore.loop import loop_name
     from training.train import train_and_register
 
     work = Path(tempfile.mkdtemp(prefix="grpc-bench-"))

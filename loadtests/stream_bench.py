@@ -261,7 +261,8 @@ async def main() -> int:
                 rate = res["orders_per_s"]
                 print(f"ablation  {name:<11} {rate:>9,.0f} orders/s  ratio {rate / base:.2f}")
         report = {"orders": len(traffic.emitted), "partitions": args.partitions, "max_batch": args.max_batch,
-                  "baseline_events_per_s": base, "pipeline": pipe, "event_loop": _loop_choice(), "ratio": ratio, "ablations": ablations,
+                  "baseline_events_per_s": base, "pipeline": pipe, "event_loop": _loop_choice(), "ratio": ratio,
+                  "ablations": ablations,
                   "command": "python loadtests/stream_bench.py " + " ".join(sys.argv[1:])}
         out = ROOT / "reports"
         out.mkdir(exist_ok=True)
