@@ -56,6 +56,8 @@ class Observer(Protocol):
 
     def observe(self, ruleset: Ruleset, matched: Sequence[RuleMatch]) -> None: ...
 
+    def observe_many(self, ruleset: Ruleset, per_order: Sequence[Sequence[RuleMatch]]) -> None: ...
+
 
 def threshold_decision(ruleset: Ruleset, score: float | None) -> str:
     if score is None or score != score:
@@ -404,13 +406,11 @@ def evaluate_batch(
             else:
                 per_row[i].append(plain)
     monitor: Observer | None = getattr(ruleset, "monitor", None)
-    out: list[RuleOutcome] = []
-    for i in range(n):
-        matched = per_row.get(i, [])
-        outcome = _decide(ruleset, matched, scores[i])
-        if monitor is not None:
-            monitor.observe(ruleset, matched)
-        out.append(outcome)
+    none: list[RuleMatch] = []
+    matched_rows = [per_row.get(i, none) for i in range(n)]
+    out = [_decide(ruleset, matched, score) for matched, score in zip(matched_rows, scores, strict=True)]
+    if monitor is not None:
+        monitor.observe_many(ruleset, matched_rows)
     return out
 
 

@@ -121,38 +121,60 @@ class KillSwitch:
 
     def observe(self, ruleset: Ruleset, matched: Sequence[RuleMatch]) -> None:
         """Record one decided order (called by the engine for every order)."""
+        self.observe_many(ruleset, (matched,))
+
+    def observe_many(self, ruleset: Ruleset, per_order: Sequence[Sequence[RuleMatch]]) -> None:
+        """Record a batch of decided orders, as :meth:`observe` on each in turn (same trips, same counts).
+
+        The batch shares one clock reading, so the order windows advance once and each order's check
+        sees the orders counted up to and including it; only orders with matches cost anything.
+        """
+        n = len(per_order)
+        if n == 0:
+            return
         now = self.clock()
-        for m in matched:
-            if m.error is None:
-                key = (m.name, m.action, m.mode)
-                c = self._counters.get(key)
-                if c is None:
-                    c = self._counters[key] = RULE_MATCHES.labels(*key)
-                c.inc()  # type: ignore[attr-defined]
+        hits: dict[tuple[str, str, str], int] = {}
+        for matched in per_order:
+            for m in matched:
+                if m.error is None:
+                    hit = (m.name, str(m.action), str(m.mode))
+                    hits[hit] = hits.get(hit, 0) + 1
+        for key, count in hits.items():
+            c = self._counters.get(key)
+            if c is None:
+                c = self._counters[key] = RULE_MATCHES.labels(*key)
+            c.inc(count)  # type: ignore[attr-defined]
         if not self._specs:
             return
         trip: list[tuple[str, KillSwitchEvent]] = []
         with self._lock:
             for ring in self._orders.values():
-                ring.add(now)
-            for m in matched:
-                if m.mode != "active" or m.error is not None:
-                    continue
-                spec = self._specs.get(m.name)
-                if spec is None:
-                    continue
-                ring = self._matches[m.name]
-                ring.add(now)
-                orders = self._orders[spec.window_s]
-                orders.advance(now)
-                if orders.total >= spec.min_orders and ring.total > spec.max_rate * orders.total:
-                    event = KillSwitchEvent(
-                        rule=m.name, action=m.action, rate=round(ring.total / orders.total, 6), max_rate=spec.max_rate,
-                        window_s=spec.window_s, orders=orders.total, matches=ring.total,
-                        ruleset_version=ruleset.version, at=dt.datetime.now(dt.UTC),
-                    )
-                    del self._specs[m.name]
-                    trip.append((m.name, event))
+                ring.advance(now)
+            base = {w: ring.total for w, ring in self._orders.items()}
+            counted = n  # as observe(): once nothing is watched any more, later orders are not counted
+            for i, matched in enumerate(per_order):
+                if not self._specs:
+                    counted = i
+                    break
+                for m in matched:
+                    if m.mode != "active" or m.error is not None:
+                        continue
+                    spec = self._specs.get(m.name)
+                    if spec is None:
+                        continue
+                    ring = self._matches[m.name]
+                    ring.add(now)
+                    orders_total = base[spec.window_s] + i + 1  # this order and the ones before it
+                    if orders_total >= spec.min_orders and ring.total > spec.max_rate * orders_total:
+                        event = KillSwitchEvent(
+                            rule=m.name, action=m.action, rate=round(ring.total / orders_total, 6),
+                            max_rate=spec.max_rate, window_s=spec.window_s, orders=orders_total, matches=ring.total,
+                            ruleset_version=ruleset.version, at=dt.datetime.now(dt.UTC),
+                        )
+                        del self._specs[m.name]
+                        trip.append((m.name, event))
+            for ring in self._orders.values():
+                ring.add(now, counted)
         for name, event in trip:
             RULE_DEMOTIONS.labels(name).inc()
             RULE_DEMOTED.labels(name).set(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -23,34 +24,46 @@ def _window_words(name: str) -> tuple[str, str]:
     return name[: m.start()], span
 
 
+def _number(value: float) -> str:
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+@lru_cache(maxsize=4096)
+def _sentence(feature: str) -> Callable[[float], str]:
+    """How one feature's values read, worked out once per feature (the per-value part is a format)."""
+    base, span = _window_words(feature)
+    words = base.split("_")
+    who = " ".join(words[:-2])
+    if words[-2:] == ["order", "count"]:
+        return lambda value: f"{who} placed {_number(value)} orders in {span}".strip()
+    if words[-2:] == ["amount", "sum"]:
+        return lambda value: f"{who} spent {_number(value)} in {span}".strip()
+    if words[-2:] == ["amount", "mean"]:
+        return lambda value: f"{who} average order {_number(value)} over {span}".strip()
+    if words[-2:] == ["customer", "count"]:
+        return lambda value: f"{who} used by {_number(value)} customers in {span}".strip()
+    if base.endswith("mismatch"):
+        what = " ".join(words[:-1])
+        return lambda value: f"{what} countries differ" if value else f"{what} countries match"
+    if feature == "amount_to_customer_mean_30d":
+        return lambda value: f"amount is {_number(value)}× the customer's 30-day average"
+    if feature == "amount":
+        return lambda value: f"order amount {_number(value)}"
+    if feature == "account_age_days":
+        return lambda value: f"account is {_number(value)} days old"
+    if feature == "hour_of_day":
+        return lambda value: f"ordered at {int(value):02d}:00"
+    name = " ".join(words)
+    suffix = f" over {span}" if span else ""
+    return lambda value: f"{name} = {_number(value)}{suffix}"
+
+
 @lru_cache(maxsize=65536)  # counts and flags repeat a lot: most answers format nothing
 def describe(feature: str, value: float | None) -> str:
     """A sentence for one feature value, e.g. ``card used 9 times in the last hour``."""
     if value is None or value != value:  # None or NaN
         return f"{feature.replace('_', ' ')} unknown"
-    base, span = _window_words(feature)
-    words = base.split("_")
-    v = f"{value:,.2f}".rstrip("0").rstrip(".")
-    if words[-2:] == ["order", "count"]:
-        return f"{' '.join(words[:-2])} placed {v} orders in {span}".strip()
-    if words[-2:] == ["amount", "sum"]:
-        return f"{' '.join(words[:-2])} spent {v} in {span}".strip()
-    if words[-2:] == ["amount", "mean"]:
-        return f"{' '.join(words[:-2])} average order {v} over {span}".strip()
-    if words[-2:] == ["customer", "count"]:
-        return f"{' '.join(words[:-2])} used by {v} customers in {span}".strip()
-    if base.endswith("mismatch"):
-        what = " ".join(words[:-1])
-        return f"{what} countries differ" if value else f"{what} countries match"
-    if feature == "amount_to_customer_mean_30d":
-        return f"amount is {v}× the customer's 30-day average"
-    if feature == "amount":
-        return f"order amount {v}"
-    if feature == "account_age_days":
-        return f"account is {v} days old"
-    if feature == "hour_of_day":
-        return f"ordered at {int(value):02d}:00"
-    return f"{' '.join(words)} = {v}" + (f" over {span}" if span else "")
+    return _sentence(feature)(value)
 
 
 def top_reasons(

@@ -213,3 +213,48 @@ def test_refresh_without_changes_keeps_the_same_object(tmp_path: Path):
     for _ in range(50):
         assert holder.refresh() is False
     assert holder.current is first
+
+
+def test_batch_observation_trips_exactly_like_one_order_at_a_time(tmp_path: Path) -> None:
+    """The stream feeds the kill-switch a batch at a time (`observe_many`); whatever the batches, it
+    demotes the same rules with the same counts as the gRPC path's one-order `observe`."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from rules.killswitch import KillSwitch
+
+    d = tmp_path / "rules"
+    d.mkdir()
+    write(d / "rules.yaml", KILL)
+    holder = RulesHolder(d)
+    assert holder.refresh() and holder.current is not None
+    ruleset = holder.current
+    noisy = RuleMatch(name="noisy_block", action="block", mode="active")
+    rare = RuleMatch(name="rare_review", action="review", mode="active")
+    broken = RuleMatch(name="noisy_block", action="block", mode="active", error="no such key")
+    kinds = {0: [], 1: [noisy], 2: [noisy, rare], 3: [rare], 4: [broken]}
+    batch = st.tuples(st.integers(0, 400), st.lists(st.sampled_from(sorted(kinds)), max_size=40))
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(batch, min_size=1, max_size=12))
+    def check(batches: list[tuple[int, list[int]]]) -> None:
+        runs = []
+        for mode in ("one", "many"):
+            clock = Clock()
+            events: list[tuple[str, int, int, int]] = []
+            ks = KillSwitch(lambda name, e, ev=events, c=clock: ev.append((name, e.matches, e.orders, int(c.t))),
+                            clock=clock)
+            ks.watch(ruleset)
+            for gap, rows in batches:
+                clock.t += gap
+                matched = [kinds[k] for k in rows]
+                if mode == "one":
+                    for m in matched:
+                        ks.observe(ruleset, m)
+                else:
+                    ks.observe_many(ruleset, matched)
+            runs.append((events, {w: r.total for w, r in ks._orders.items()},
+                         {k: r.total for k, r in ks._matches.items()}))
+        assert runs[0] == runs[1]
+
+    check()

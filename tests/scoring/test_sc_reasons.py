@@ -114,3 +114,25 @@ def test_batch_reasons_equal_the_per_row_reasons(rows: int, f: int, k: int, seed
         contribs = np.round(contribs)
     batch = top_reasons_batch(names, values, contribs, k)
     assert batch == [top_reasons(names, values[i], contribs[i], k) for i in range(rows)]
+
+
+@pytest.mark.parametrize("depth", [3, 6, 12])
+def test_kernel_paths_equal_xgboost_for_any_batch_size_and_path_width(depth: int) -> None:
+    """One row (two-pass gather), a few rows, and blocks of rows with a remainder (leaf-major blocks),
+    for path widths with a specialised copy (≤ 8) and the generic one (depth 12)."""
+    rng = np.random.default_rng(depth)
+    x = rng.normal(size=(2000, 12)).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y = (np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 3]) * np.nan_to_num(x[:, 7]) > 0.2).astype(np.float32)
+    if depth > 8:  # noisy labels and tiny leaves: paths that split on more than 8 distinct features
+        y = rng.integers(0, 2, size=len(y)).astype(np.float32)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": depth, "nthread": 1, "seed": 2,
+                         "min_child_weight": 0, "eta": 0.3}, xgb.DMatrix(x, label=y, missing=np.nan),
+                        15 if depth <= 8 else 2)
+    want_all = _xgb_contribs(booster, x[:131])
+    ts = TreeShap(booster.save_raw("json"), 12, float(want_all[0, -1]), threads=2)
+    assert ts.uses_kernel
+    if depth == 12:
+        assert ts.width > 8, "the generic block path"
+    for n in (1, 2, 33, 131):
+        np.testing.assert_allclose(ts.contributions(x[:n]), want_all[:n], atol=2e-5, rtol=1e-4)
