@@ -9,10 +9,11 @@ up:              ## run the local platform (embedded broker + store unless KAFKA
 	@scripts/bootstrap.sh
 	.venv/bin/fraudscore up
 
-test:            ## run the whole test suite (starts its own broker, Redis nodes, AWS API server)
+test:            ## run the whole test suite (starts its own broker, Redis nodes, AWS API servers)
 	@scripts/bootstrap.sh
 	@scripts/install_redis.sh || echo "!! could not install redis-server (the Redis tests will skip, or fail under CI=true)" >&2
 	@scripts/install_chromium.sh || echo "!! could not install chromium (the HTML report test will skip, or fail under CI=true)" >&2
+	@scripts/install_kinesalite.sh || echo "!! could not install kinesalite (the Kinesis resharding tests will skip, or fail under CI=true)" >&2
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 lint:            ## ruff + mypy on the core packages

@@ -1,4 +1,4 @@
-"""Shared fixtures: real services (broker, Redis, Redis Cluster, moto) and settings factories.
+"""Shared fixtures: real services (broker, Redis, Redis Cluster, moto, kinesalite) and settings factories.
 
 Fixtures are factories where tests need several of a kind. Services are session-scoped and
 cleaned per test (topics are unique per test; Redis is flushed) so the suite stays fast.
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from contracts.config import Settings, load_settings
-from tests.services import KafkaBroker, MotoServer, RedisCluster, RedisServer, free_port
+from tests.services import KafkaBroker, Kinesalite, MotoServer, RedisCluster, RedisServer, free_port
 
 # boto3 talks to local servers only; never pick up real credentials.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -64,6 +64,15 @@ def redis_cluster() -> Iterator[RedisCluster]:
 def moto_server() -> Iterator[MotoServer]:
     """moto in server mode (DynamoDB, Kinesis, S3 over HTTP)."""
     server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kinesalite() -> Iterator[Kinesalite]:
+    """kinesalite, a local Kinesis API server that closes parent shards on a split or merge (moto does
+    not). Missing (run scripts/install_kinesalite.sh): skipped locally, failed under CI=true."""
+    server = Kinesalite().start()
     yield server
     server.stop()
 

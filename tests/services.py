@@ -22,6 +22,7 @@ import pytest
 from stream_app.embedded_broker import EmbeddedBroker
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def missing(what: str) -> None:
@@ -198,6 +199,38 @@ class MotoServer:
 
         req = urllib.request.Request(self.endpoint_url + "/moto-api/reset", method="POST")
         urllib.request.urlopen(req, timeout=10).read()  # noqa: S310 - loopback test server
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+
+class Kinesalite:
+    """kinesalite (npm), a local Kinesis API server, in memory. Unlike moto it closes a shard on a
+    split or merge: GetRecords on the parent ends with ``NextShardIterator = null`` and new records go
+    to the children. Installed by ``scripts/install_kinesalite.sh`` into ``.cache/kinesalite``;
+    ``KINESALITE_BIN`` (path to its ``bin/kinesalite`` script) overrides where it is found."""
+
+    def __init__(self) -> None:
+        script = os.environ.get("KINESALITE_BIN") or str(ROOT / ".cache/kinesalite/node_modules/.bin/kinesalite")
+        node = shutil.which("node")
+        if node is None or not Path(script).is_file():
+            missing("kinesalite (scripts/install_kinesalite.sh)")
+        self.cmd = [str(node), script]
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Kinesalite:
+        # streams are created, deleted and resharded at once (no CREATING/UPDATING delay to wait out)
+        self.proc = subprocess.Popen([*self.cmd, "--port", str(self.port), "--shardLimit", "100",
+                                      "--createStreamMs", "0", "--deleteStreamMs", "0", "--updateStreamMs", "0"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, proc=self.proc)
+        return self
 
     def stop(self) -> None:
         _stop(self.proc)

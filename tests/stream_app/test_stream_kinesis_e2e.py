@@ -9,8 +9,9 @@ from typing import Any
 
 import boto3
 import msgspec
-from streamkit import make_traffic
+from streamkit import Traffic, make_traffic
 
+from contracts.config import TopicNames
 from contracts.events import Action, Decision
 from fraudscore.assemble import build_parts
 from stream_app.deadletter import decode_dead_letter
@@ -37,17 +38,61 @@ def read_stream(client: Any, stream: str) -> list[bytes]:
 
 def read_records(client: Any, stream: str) -> list[tuple[str, bytes]]:
     """(PartitionKey, Data) of every record of every shard."""
-    out: list[tuple[str, bytes]] = []
+    return [(r["PartitionKey"], r["Data"]) for recs in read_shards(client, stream).values() for r in recs]
+
+
+def read_shards(client: Any, stream: str) -> dict[str, list[dict[str, Any]]]:
+    """Every record (as GetRecords returns it) of every shard, closed ones included: shard id → its
+    records in sequence order."""
+    out: dict[str, list[dict[str, Any]]] = {}
     for shard in client.list_shards(StreamName=stream)["Shards"]:
         it = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
                                        ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        recs = out.setdefault(shard["ShardId"], [])
         empty = 0
         while it and empty < 3:
             resp = client.get_records(ShardIterator=it, Limit=1000)
-            out.extend((r["PartitionKey"], r["Data"]) for r in resp["Records"])
+            recs.extend(resp["Records"])
             empty = 0 if resp["Records"] else empty + 1
             it = resp.get("NextShardIterator")
     return out
+
+
+def check_outputs(client: Any, topics: TopicNames, traffic: Traffic, note: object = None) -> None:
+    """The worker's outputs on the Kinesis decisions, actions and dead-letter streams: exactly one
+    unmarked decision per order and every repeat marked, the actions that go with them, and one dead
+    letter per bad event. ``note`` is shown when orders are missing (e.g. the consumer's stats).
+
+    Kinesis has no headers: a repeat carries "duplicate": true in its JSON (and still decodes as a
+    Decision); the partition key is the order id either way."""
+    unmarked: dict[str, list[Decision]] = {}
+    marked: dict[str, list[Decision]] = {}
+    for key, data in read_records(client, topics.decisions):
+        d = msgspec.json.decode(data, type=Decision)
+        assert key == d.order_id
+        (marked if is_marked_duplicate(data) else unmarked).setdefault(d.order_id, []).append(d)
+    missing = traffic.order_ids - set(unmarked)
+    assert not missing, (len(unmarked), len(missing), note)
+    assert set(unmarked) == traffic.order_ids and all(len(v) == 1 for v in unmarked.values()), \
+        "exactly one unmarked decision per order_id"
+    assert Counter({k: len(v) for k, v in marked.items()}) == Counter(traffic.duplicates), \
+        "every repeat marked, nothing else"
+    first = {oid: ds[0] for oid, ds in unmarked.items()}
+    acts_unmarked: Counter[str] = Counter()
+    acts_marked: Counter[str] = Counter()
+    for key, data in read_records(client, topics.actions):
+        a = msgspec.json.decode(data, type=Action)
+        assert key == a.order_id
+        if is_marked_duplicate(data):
+            acts_marked[a.order_id] += 1
+        else:
+            assert a.action == first[a.order_id].decision
+            acts_unmarked[a.order_id] += 1
+    assert acts_unmarked == Counter({oid for oid, d in first.items() if d.decision != "allow"})
+    assert acts_marked == Counter(oid for oid, ds in marked.items() for d in ds if d.decision != "allow")
+    letters = [decode_dead_letter(v) for v in read_stream(client, topics.dead_letters)]
+    assert len(letters) == len(traffic.bad)
+    assert all(dl.source == "kinesis" and isinstance(dl.partition, str) and dl.offset for dl in letters)
 
 
 async def test_kinesis_end_to_end_with_a_shard_split(
@@ -98,39 +143,11 @@ async def test_kinesis_end_to_end_with_a_shard_split(
         worker.stop()
         await asyncio.wait_for(task, 60)
 
-    # Kinesis has no headers: a repeat carries "duplicate": true in its JSON (and still decodes as a
-    # Decision); the partition key is the order id either way.
-    unmarked: dict[str, list[Decision]] = {}
-    marked: dict[str, list[Decision]] = {}
-    for key, data in read_records(client, t.decisions):
-        d = msgspec.json.decode(data, type=Decision)
-        assert key == d.order_id
-        (marked if is_marked_duplicate(data) else unmarked).setdefault(d.order_id, []).append(d)
-    missing = traffic.order_ids - set(unmarked)
-    assert not missing, (len(unmarked), len(missing), worker.consumers["orders"].stats)
-    assert set(unmarked) == traffic.order_ids and all(len(v) == 1 for v in unmarked.values()), \
-        "exactly one unmarked decision per order_id"
-    assert Counter({k: len(v) for k, v in marked.items()}) == Counter(traffic.duplicates), \
-        "every repeat marked, nothing else"
-    first = {oid: ds[0] for oid, ds in unmarked.items()}
-    acts_unmarked: Counter[str] = Counter()
-    acts_marked: Counter[str] = Counter()
-    for key, data in read_records(client, t.actions):
-        a = msgspec.json.decode(data, type=Action)
-        assert key == a.order_id
-        if is_marked_duplicate(data):
-            acts_marked[a.order_id] += 1
-        else:
-            assert a.action == first[a.order_id].decision
-            acts_unmarked[a.order_id] += 1
-    assert acts_unmarked == Counter({oid for oid, d in first.items() if d.decision != "allow"})
-    assert acts_marked == Counter(oid for oid, ds in marked.items() for d in ds if d.decision != "allow")
-    letters = [decode_dead_letter(v) for v in read_stream(client, t.dead_letters)]
-    assert len(letters) == len(traffic.bad)
-    assert all(dl.source == "kinesis" and isinstance(dl.partition, str) and dl.offset for dl in letters)
+    check_outputs(client, t, traffic, worker.consumers["orders"].stats)
     # moto keeps routing records to a split parent and never ends its iterator, so the SHARD_END →
-    # children hand-over (NextShardIterator = null on real Kinesis) cannot be observed here; what
-    # can: the worker kept its leases and checkpoints through the split and lost nothing.
+    # children hand-over (NextShardIterator = null on real Kinesis) cannot be observed here (it is, on
+    # kinesalite, in test_stream_kinesis_reshard.py); what can: the worker kept its leases and
+    # checkpoints through the split and lost nothing.
     leases = worker.consumers["orders"].checkpoints.leases()  # type: ignore[attr-defined]
     assert leases[shard["ShardId"]].checkpoint not in (None, SHARD_END)
     assert all(lease.owner is None for lease in leases.values()), "leases released on a graceful stop"
