@@ -8,7 +8,7 @@ same code serves decoded ``Order`` objects and Arrow/Parquet columns (see :class
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -319,9 +319,24 @@ def derive_columns(
     return out
 
 
-def rows(names: Sequence[str], matrix: np.ndarray) -> list[Features]:
+class FeatureRows(list):  # type: ignore[type-arg]
+    """One features dict per order, as every store returns them, plus the same values as a matrix.
+
+    ``matrix`` is orders × ``names`` (NaN = missing): a consumer that needs a matrix anyway (the model)
+    takes its columns from here instead of rebuilding it from the dicts. Treat both as read-only.
+    """
+
+    __slots__ = ("matrix", "names")
+
+    def __init__(self, dicts: Iterable[Features], names: tuple[str, ...], matrix: np.ndarray) -> None:
+        super().__init__(dicts)
+        self.names = names
+        self.matrix = matrix
+
+
+def rows(names: Sequence[str], matrix: np.ndarray) -> FeatureRows:
     """One dict per row (None where NaN), in ``names`` order."""
     obj = matrix.astype(object)
     obj[np.isnan(matrix)] = None
     vals = obj.tolist()
-    return list(map(dict, map(zip, [list(names)] * len(vals), vals)))
+    return FeatureRows(map(dict, map(zip, [list(names)] * len(vals), vals)), tuple(names), matrix)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import math
 import time
@@ -39,6 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from contracts.events import Decision, Order, Reason, RuleMatch
+from feature_state.derived import FeatureRows
 from feature_state.exceptions import FeatureStoreUnavailable
 from feature_state.stores.base import FeatureStore
 from feature_state.windows import Features, derive
@@ -80,6 +82,16 @@ class _StageTimers:
                  h.labels("total", source))
             self._cache[source] = t
         return t
+
+
+@functools.lru_cache(maxsize=64)
+def _columns_of(have: tuple[str, ...], want: tuple[str, ...]) -> np.ndarray | None:
+    """Where each of ``want`` is in ``have`` (None when one is missing: the model needs a feature the
+    store does not compute, answered as missing by the per-order path)."""
+    pos = {n: i for i, n in enumerate(have)}
+    if any(n not in pos for n in want):
+        return None
+    return np.array([pos[n] for n in want], dtype=np.intp)
 
 
 class DecisionPipeline:
@@ -141,6 +153,11 @@ class DecisionPipeline:
     @staticmethod
     def matrix(model: ModelRuntime, feats: Sequence[Features]) -> np.ndarray:
         names = model.feature_names
+        if isinstance(feats, FeatureRows) and len(feats.matrix) == len(feats):
+            # the store's own matrix: the model's columns picked out, no per-order rebuild
+            cols = _columns_of(feats.names, tuple(names))
+            if cols is not None:
+                return np.ascontiguousarray(feats.matrix[:, cols], dtype=np.float32)
         out = np.empty((len(feats), len(names)), dtype=np.float32)
         for i, f in enumerate(feats):
             out[i] = [math.nan if (v := f.get(n)) is None else v for n in names]

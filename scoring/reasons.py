@@ -93,18 +93,28 @@ def top_reasons_batch(
     if k <= 0 or rows == 0:
         return [[] for _ in range(rows)]
     f = len(names)
-    contrib = contributions[:, :f]
-    # a stable sort (ties by feature index, as top_reasons): a few dozen features, cheap for a whole batch
-    idx = np.argsort(-contrib, axis=1, kind="stable")[:, :k]
-    top_c = np.take_along_axis(contrib, idx, axis=1)
+    k = min(k, f)
+    contrib = np.array(contributions[:, :f], dtype=np.float64)  # a copy: picked entries are knocked out
+    # k rounds of argmax: the largest, ties to the lowest feature index — the order of a stable
+    # descending sort (as top_reasons), at a fraction of sorting every row
+    at = np.arange(rows)
+    idx = np.empty((rows, k), dtype=np.intp)
+    top_c = np.empty((rows, k), dtype=np.float64)
+    for j in range(k):
+        best = contrib.argmax(axis=1)
+        idx[:, j] = best
+        top_c[:, j] = contrib[at, best]
+        contrib[at, best] = -np.inf
     top_v = np.take_along_axis(values, idx, axis=1).astype(np.float64)
     out: list[list[Reason]] = []
+    append = out.append
     for r_idx, r_c, r_v in zip(idx.tolist(), top_c.tolist(), top_v.tolist(), strict=True):
         row = []
         for i, c, raw in zip(r_idx, r_c, r_v, strict=True):
             if c <= 0:
                 break
+            name = names[i]
             value = None if raw != raw else raw
-            row.append(Reason(feature=names[i], value=value, contribution=round(c, 6), text=describe(names[i], value)))
-        out.append(row)
+            row.append(Reason(feature=name, value=value, contribution=round(c, 6), text=describe(name, value)))
+        append(row)
     return out

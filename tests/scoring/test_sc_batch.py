@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts.events import Order, encode
 from fraudscore.cli import main
@@ -98,3 +101,28 @@ def test_no_model_is_a_clear_usage_error(tmp_path: Path, sample_orders: list[Ord
     _write(src, sample_orders[:3])
     assert _score(tmp_path / "empty", "--input", str(src), "--output", str(tmp_path / "d.jsonl")) == 2
     assert "no model" in capsys.readouterr().err
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(0, 30), seed=st.integers(0, 2**32 - 1), extra=st.booleans())
+def test_model_matrix_from_the_store_matrix_equals_the_per_order_one(n: int, seed: int, extra: bool) -> None:
+    """The pipeline takes the model's columns from the store's matrix (FeatureRows) when it has one:
+    the same float32 matrix as building it from the dicts, for any column order; a model feature the
+    store does not have falls back to the dicts (missing → NaN)."""
+    from types import SimpleNamespace
+
+    from feature_state.derived import FeatureRows, rows
+    from scoring.pipeline import DecisionPipeline
+
+    rng = np.random.default_rng(seed)
+    names = tuple(f"f{i}" for i in range(8))
+    values = rng.normal(size=(n, 8)) * 1e3
+    values[rng.random(values.shape) < 0.25] = np.nan
+    feats = rows(names, values)
+    assert isinstance(feats, FeatureRows) and len(feats) == n
+    wanted = [names[i] for i in rng.permutation(8)[: rng.integers(1, 9)]] + (["not_in_store"] if extra else [])
+    model = SimpleNamespace(feature_names=tuple(wanted))
+    fast = DecisionPipeline.matrix(model, feats)  # type: ignore[arg-type]
+    slow = DecisionPipeline.matrix(model, [dict(f) for f in feats])  # type: ignore[arg-type]
+    assert fast.dtype == slow.dtype == np.float32 and fast.shape == slow.shape == (n, len(wanted))
+    np.testing.assert_array_equal(fast, slow)
