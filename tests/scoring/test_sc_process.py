@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,23 @@ async def _wait_serving(target: str, proc: subprocess.Popen[bytes], wait_s: floa
                 pass
             await asyncio.sleep(0.1)
     raise TimeoutError("server never became SERVING")
+
+
+@contextlib.asynccontextmanager
+async def _serving(registry: tuple[Path, str], tmp_path: Path, *args: str,
+                   env: dict[str, str] | None = None) -> AsyncIterator[int]:
+    """A `serve` process that answers health checks; on leaving, SIGTERM must stop it with exit 0."""
+    proc, port, log = _start(registry, tmp_path, *args, env=env)
+    try:
+        await _wait_serving(f"127.0.0.1:{port}", proc)
+        yield port
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 async def test_sigterm_under_load_drains_in_flight_and_exits_zero(registry: tuple[Path, str], tmp_path: Path) -> None:
@@ -131,19 +150,10 @@ async def test_serve_starts_degraded_with_a_bad_model_and_says_why(registry: tup
         (models / "champion").write_text("m-does-not-exist\n")
     else:
         (models / version / "model.ubj").write_bytes(b"{" + b"0" * 100)
-    proc, port, log = _start(registry, tmp_path, "--no-publish")
-    try:
-        await _wait_serving(f"127.0.0.1:{port}", proc)
+    async with _serving(registry, tmp_path, "--no-publish") as port:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             r = await pb_grpc.FraudScoringStub(ch).Score(pb.ScoreRequest(order=order_msg()), timeout=5)
         assert r.degraded and "model_unavailable" in r.degraded_reasons
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
     text = (tmp_path / f"serve-{port}.log").read_text()
     assert ("no such model version" in text) if bad == "missing" else ("sha256 mismatch" in text)
 
@@ -160,9 +170,7 @@ async def test_serve_publishes_decisions_to_kafka(registry: tuple[Path, str], tm
     topic = f"decisions-{unique}"
     env = {"KAFKA_BOOTSTRAP": kafka_broker.bootstrap, "FRAUDSCORE__KAFKA__TOPICS__DECISIONS": topic}
     await ensure_topics(load_settings(environ=env).kafka)
-    proc, port, log = _start(registry, tmp_path, env=env)
-    try:
-        await _wait_serving(f"127.0.0.1:{port}", proc)
+    async with _serving(registry, tmp_path, env=env) as port:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.FraudScoringStub(ch)
             for i in range(5):
@@ -179,33 +187,17 @@ async def test_serve_publishes_decisions_to_kafka(registry: tuple[Path, str], tm
         finally:
             await consumer.stop()
         assert got == {f"pub{i}" for i in range(5)}
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.parametrize(("choice", "expected"), [("auto", "uvloop"), ("asyncio", "asyncio")])
 async def test_serve_runs_on_the_configured_event_loop(registry: tuple[Path, str], tmp_path: Path, choice: str,
                                                        expected: str) -> None:
     """``event_loop: auto`` serves on uvloop (a dependency on Linux), ``asyncio`` on the standard loop; both score."""
-    proc, port, log = _start(registry, tmp_path, "--no-publish", env={"FRAUDSCORE__EVENT_LOOP": choice})
-    try:
-        await _wait_serving(f"127.0.0.1:{port}", proc)
+    async with _serving(registry, tmp_path, "--no-publish", env={"FRAUDSCORE__EVENT_LOOP": choice}) as port:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = pb_grpc.FraudScoringStub(ch)
             for i in range(10):
                 r = await stub.Score(pb.ScoreRequest(order=order_msg(order_id=f"loop{i}")), timeout=5)
                 assert r.order_id == f"loop{i}" and r.model_version and not r.degraded
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
     text = (tmp_path / f"serve-{port}.log").read_text()
     assert f"| loop {expected}" in text, text[-2000:]
