@@ -143,6 +143,7 @@ async def pipeline_run(settings, n: int, *, live_rate: float = 0.0, live_s: floa
         proc = worker.orders_processor
         assert proc is not None
         proc.recent_freshness_ms.clear()
+        stages_before = _stage_totals()
         # The load generator runs in its own process so it does not share this event loop / core.
         gen = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--produce-live", settings.kafka.bootstrap, settings.kafka.topics.orders,
@@ -155,6 +156,7 @@ async def pipeline_run(settings, n: int, *, live_rate: float = 0.0, live_s: floa
         while worker.consumers["orders"].stats.events < target and time.perf_counter() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         samples = sorted(proc.recent_freshness_ms)
+        out["live_batches"] = _stage_means(stages_before, _stage_totals())
         out["freshness"] = {
             "offered_rate": achieved,
             "samples": len(samples),
@@ -165,6 +167,36 @@ async def pipeline_run(settings, n: int, *, live_rate: float = 0.0, live_s: floa
     worker.stop()
     await asyncio.wait_for(task, 60)
     return out
+
+
+def _stage_totals() -> dict[str, tuple[float, float]]:
+    """(sum, count) of the worker's per-batch stage histograms and batch sizes, from this process."""
+    from prometheus_client import REGISTRY
+
+    out: dict[str, tuple[float, float]] = {}
+    for metric in REGISTRY.collect():
+        if metric.name not in ("fraudscore_stream_batch_seconds", "fraudscore_stream_batch_size"):
+            continue
+        for sample in metric.samples:
+            key = sample.labels.get("stage", "size")
+            total, count = out.get(key, (0.0, 0.0))
+            if sample.name.endswith("_sum"):
+                out[key] = (total + sample.value, count)
+            elif sample.name.endswith("_count"):
+                out[key] = (total, count + sample.value)
+    return out
+
+
+def _stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Per live batch: mean orders and mean ms of each stage (decode, decide, publish, commit)."""
+    means: dict[str, float] = {}
+    for key, (total, count) in after.items():
+        t0, c0 = before.get(key, (0.0, 0.0))
+        if count > c0:
+            scale = 1 if key == "size" else 1000
+            means[key if key == "size" else f"{key}_ms"] = round((total - t0) / (count - c0) * scale, 2)
+    means["batches"] = after.get("size", (0, 0))[1] - before.get("size", (0, 0))[1]
+    return means
 
 
 async def produce_live(bootstrap: str, topic: str, rate: float, seconds: float) -> None:
@@ -253,6 +285,8 @@ async def main() -> int:
         if f.get("p99_ms") is not None:
             print(f"freshness at {f['offered_rate']:,.0f} orders/s offered: p50 {f['p50_ms']:.1f} ms, "
                   f"p99 {f['p99_ms']:.1f} ms, max {f['max_ms']:.1f} ms (target p99 ≤ 100 ms; {pipe['store']} store)")
+            lb = pipe.get("live_batches") or {}
+            print("live batches: " + ", ".join(f"{k} {v:g}" for k, v in lb.items()))
         ablations = {}
         if args.ablations:
             for name in ("no_reasons", "no_store", "rules_only"):
