@@ -234,6 +234,8 @@ async def main() -> int:
     ap.add_argument("--event-loop", default="auto", choices=("auto", "uvloop", "asyncio"),
                     help="event loop of this process, so of the baseline and the pipeline alike (default auto: "
                     "uvloop when installed, as `fraudscore worker`)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a settings override for the pipeline (dotted path), e.g. scoring.reasons_for=non_allow")
     ap.add_argument("--ablations", action="store_true",
                     help="also run the pipeline without reasons, without the feature store, and rules only "
                          "(each over the same orders, in its own consumer group): where the time goes")
@@ -265,6 +267,7 @@ async def main() -> int:
                      "stream.max_batch_wait_ms": 5}
         for name in ("orders", "labels", "decisions", "actions", "dead_letters", "retrain_requests"):
             overrides[f"kafka.topics.{name}"] = f"bench-{name.replace('_', '-')}-{run}"
+        overrides.update(kv.split("=", 1) for kv in args.set)
         env = {k: v for k, v in os.environ.items() if k == "REDIS_URL"}
         settings = load_settings(environ=env, overrides=overrides)
         await ensure_topics(settings.kafka)
