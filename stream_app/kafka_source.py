@@ -12,7 +12,8 @@ Commit semantics (at-least-once delivery, effects once):
   rebalance timeout — then its partitions are rewound to the batch's first offsets and polled
   again. That is the backpressure: no commit, no progress, lag grows and ``/healthz`` says why.
 * A crash (kill -9) replays the uncommitted batch on the partition's next owner: feature updates
-  are idempotent per order id and the decision ledger marks the re-sent decisions.
+  are idempotent per order id; the decision ledger marks the re-sent decisions whose publish was
+  confirmed, and lets the ones whose publish never was go out unmarked (``stream_app.ledger``).
 """
 
 from __future__ import annotations
@@ -150,6 +151,9 @@ async def retry_batch(
             t0 = time.monotonic()
             result = await process_chunked(records, processor, chunk.size)
             await sink.publish(result.outputs)
+            confirm = getattr(processor, "published", None)
+            if confirm is not None:
+                await confirm()  # the outputs are acknowledged: their ledger claims become final
             if slow_s is not None and time.monotonic() - t0 > slow_s and len(records) > chunk.floor:
                 chunk.shrink()
                 smetrics.SLOW_BATCHES.inc()

@@ -6,13 +6,27 @@ so a redelivered decision is harmless to a consumer that keeps one record per ke
 lets the worker *mark* it (header ``fraudscore-duplicate: 1``) so the log says which records are
 repeats.
 
-``claim(ids)`` atomically records each id and says whether this call was the first to do so. The
-worker claims a batch only after its decisions are computed and right before publishing them:
-an id is therefore published unmarked at most once. A crash between the claim and the publish
-(a few milliseconds) leaves that order with marked records only — still one effect per key.
+Two phases per batch:
+
+1. ``claim(ids, positions)`` — right before publishing — records each id as *pending*, with the
+   source position of the record that carries it (``stream:partition:offset`` / shard + sequence
+   number), and says whether this record may publish it unmarked: yes for the first claim of the
+   id, **and for a pending claim by the same position** (the same record again: the attempt that
+   claimed it died or was retried before its publish was confirmed); no otherwise (another record
+   with the same id, or a confirmed one).
+2. ``confirm(ids)`` — after the broker acknowledged the batch, before the offsets are committed —
+   turns the pending claims into confirmed ones: a replay of those records after that (a commit lost
+   to a rebalance, a crash before the commit) publishes them marked.
+
+So a crash anywhere before the confirmation republishes the batch unmarked (every order keeps an
+unmarked decision; if the broker had already taken the first publish, two — the consumers' key is
+``order_id``), and only a crash after it marks the replay. An earlier version claimed in one phase:
+a crash between the claim and the publish left up to a batch of orders with marked records only —
+an action consumer that skips marked records never saw them.
 
 Backends: ``memory`` (bounded, in-process: for one worker and for tests), ``redis`` / ``redis_cluster``
-(one pipelined ``SET NX EX`` round trip per batch, shared by every worker).
+(one pipelined ``SET NX GET EX`` round trip per batch to claim, one ``SET XX`` round trip to confirm,
+shared by every worker; ``SET`` with both ``NX`` and ``GET`` needs Redis ≥ 7.0).
 """
 
 from __future__ import annotations
@@ -32,8 +46,13 @@ class DecisionLedger(ABC):
     shared: bool = False
 
     @abstractmethod
-    async def claim(self, order_ids: Sequence[str]) -> list[bool]:
-        """Record each id; True where this call is the first claim of that id."""
+    async def claim(self, order_ids: Sequence[str], positions: Sequence[str] | None = None) -> list[bool]:
+        """Claim each id as pending at its record's position; True where this record may publish it
+        unmarked (first claim, or a pending claim by the same position)."""
+
+    @abstractmethod
+    async def confirm(self, order_ids: Sequence[str]) -> None:
+        """The claims' decisions are durable: a later claim of these ids (any position) is a repeat."""
 
     async def close(self) -> None:  # noqa: B027 - optional
         """Release connections."""
@@ -44,24 +63,36 @@ class MemoryLedger(DecisionLedger):
 
     def __init__(self, max_entries: int = 2_000_000) -> None:
         self.max_entries = max_entries
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str, str | None] = OrderedDict()  # id -> pending position, None = confirmed
 
-    async def claim(self, order_ids: Sequence[str]) -> list[bool]:
+    async def claim(self, order_ids: Sequence[str], positions: Sequence[str] | None = None) -> list[bool]:
         ids = self._ids
         out = []
-        for oid in order_ids:
+        for i, oid in enumerate(order_ids):
+            pos = positions[i] if positions is not None else ""
             if oid in ids:
-                out.append(False)
+                held = ids[oid]
+                out.append(held is not None and held == pos and pos != "")
             else:
-                ids[oid] = None
+                ids[oid] = pos
                 out.append(True)
         while len(ids) > self.max_entries:
             ids.popitem(last=False)
         return out
 
+    async def confirm(self, order_ids: Sequence[str]) -> None:
+        ids = self._ids
+        for oid in order_ids:
+            if oid in ids:
+                ids[oid] = None
+
+
+_CONFIRMED = b"d"
+
 
 class RedisLedger(DecisionLedger):
-    """Claims as ``SET <prefix>{order_id} 1 NX EX ttl`` in one pipeline per batch."""
+    """Claims as ``SET <prefix>{order_id} p<position> NX GET EX ttl``, confirmations as
+    ``SET <prefix>{order_id} d XX EX ttl``, one pipeline per batch each."""
 
     shared = True
 
@@ -77,19 +108,40 @@ class RedisLedger(DecisionLedger):
         else:
             self.client = aioredis.Redis.from_url(url, socket_timeout=timeout_s)
 
-    async def claim(self, order_ids: Sequence[str]) -> list[bool]:
-        from redis.exceptions import RedisError
-
+    async def claim(self, order_ids: Sequence[str], positions: Sequence[str] | None = None) -> list[bool]:
         if not order_ids:
             return []
+        pending = [b"p" + (positions[i] if positions is not None else "").encode() for i in range(len(order_ids))]
+
+        def build(pipe: Any) -> None:
+            for oid, value in zip(order_ids, pending, strict=True):
+                pipe.set(self.prefix + oid, value, nx=True, get=True, ex=self.ttl_s)
+
+        replies = await self._run(build)
+        # None: nothing was there (ours now). Else the value held: ours again only if it is a pending
+        # claim by the same record position.
+        return [r is None or (r == value and value != b"p") for r, value in zip(replies, pending, strict=True)]
+
+    async def confirm(self, order_ids: Sequence[str]) -> None:
+        if not order_ids:
+            return
+
+        def build(pipe: Any) -> None:
+            for oid in order_ids:
+                pipe.set(self.prefix + oid, _CONFIRMED, xx=True, ex=self.ttl_s)
+
+        await self._run(build)
+
+    async def _run(self, build: Any) -> list[Any]:
+        from redis.exceptions import RedisError
+
         try:
             pipe = self.client.pipeline(transaction=False)
-            for oid in order_ids:
-                pipe.set(self.prefix + oid, b"1", nx=True, ex=self.ttl_s)
-            replies = await pipe.execute()
+            build(pipe)
+            replies: list[Any] = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise SinkError(f"decision ledger (Redis) unavailable: {type(exc).__name__}: {exc}") from exc
-        return [bool(r) for r in replies]
+        return replies
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -11,6 +11,7 @@ live in :mod:`monitoring.metrics`; these are the stream worker's own.
                                                its feature update is visible to ``Score``
 ``fraudscore_stream_batch_seconds{stage}``     time per batch in decode / decide / publish / commit
 ``fraudscore_stream_duplicates_total``         redelivered orders (marked ``fraudscore-duplicate``)
+``fraudscore_stream_ledger_confirm_failed_total``  decided orders whose ledger claim could not be confirmed
 ``fraudscore_stream_retries_total{reason}``    batch retries (feature store down, publish failed)
 ``fraudscore_stream_rebalances_total{kind}``   partitions assigned / revoked
 ``fraudscore_kinesis_millis_behind{shard}``    Kinesis ``MillisBehindLatest`` per shard
@@ -32,6 +33,11 @@ BATCH_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 DUPLICATES = Counter("fraudscore_stream_duplicates_total", "Redelivered orders (marked as duplicates)")
+LEDGER_CONFIRM_FAILED = Counter(
+    "fraudscore_stream_ledger_confirm_failed_total",
+    "Decided orders whose ledger claim could not be confirmed after publishing (a replay would republish them "
+    "unmarked)",
+)
 RETRIES = Counter("fraudscore_stream_retries_total", "Batch retries by reason", ["reason"])
 SLOW_BATCHES = Counter(
     "fraudscore_stream_slow_batches_total",

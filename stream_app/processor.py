@@ -10,7 +10,9 @@ For one batch (records of any partitions, each partition's records in offset ord
    ``FeatureStoreUnavailable`` propagates (the caller retries the batch: feature updates must
    not be skipped); any other exception is isolated by bisection to the event(s) that cause it,
    which are dead-lettered with stage ``processing`` while the rest of the batch goes on;
-4. claim the decided ids in the ledger and build the outputs: one decision per order on the
+4. claim the decided ids in the ledger (pending, with each record's position; the caller confirms
+   them once the outputs are acknowledged: :meth:`OrdersProcessor.published`) and build the outputs:
+   one decision per order on the
    ``decisions`` topic and one action per non-allow decision on ``actions``, both keyed by
    ``order_id``; repeats carry the header ``fraudscore-duplicate: 1`` (on Kinesis, which has no
    headers, the sink turns it into ``"duplicate": true`` in the record's JSON).
@@ -190,11 +192,16 @@ class OrdersProcessor:
         decided = await self._decide(orders, recs, fail)
         t2 = time.perf_counter()
         self._observe_freshness([recs[i] for i, _ in decided], self.recent_freshness_ms)
-        ids = [d.order_id for _, d in decided]
         pending = self._claimed
-        unknown = [oid for oid in ids if oid not in pending]
+        unknown: list[str] = []
+        positions: list[str] = []
+        for i, d in decided:
+            if d.order_id not in pending:
+                rec = recs[i]
+                unknown.append(d.order_id)
+                positions.append(f"{rec.stream}:{rec.partition}:{rec.position}")
         if unknown:
-            for oid, new in zip(unknown, await self.ledger.claim(unknown), strict=True):
+            for oid, new in zip(unknown, await self.ledger.claim(unknown, positions), strict=True):
                 pending[oid] = new
         by_index: dict[int, Decision] = {}
         dec_out: list[OutRecord] = []
@@ -234,6 +241,20 @@ class OrdersProcessor:
     def begin_attempt(self) -> None:
         """A (re)try of a batch starts: nothing of it is published yet."""
         self._unmarked.clear()
+
+    async def published(self) -> None:
+        """The batch's outputs are durable (acknowledged): confirm its claims in the ledger, so a
+        replay of these records (a commit lost to a rebalance) publishes them marked. A ledger
+        failure here is logged, not retried: the offsets are committed next, and only a replay of
+        the same records would see the pending claims (it would republish them unmarked)."""
+        mine = [oid for oid, new in self._claimed.items() if new]
+        if not mine:
+            return
+        try:
+            await self.ledger.confirm(mine)
+        except StreamError as exc:
+            smetrics.LEDGER_CONFIRM_FAILED.inc(len(mine))
+            log.warning("could not confirm %d decided orders in the ledger: %s", len(mine), exc)
 
     def committed(self) -> None:
         """The last batch's outputs are durable: forget its claims."""

@@ -202,12 +202,13 @@ def tail(log: Path | None) -> str:
     return log.read_text()[-3000:] if log is not None and log.exists() else ""
 
 
-def check_decided_once(rig: Rig, traffic: Traffic) -> Counter[str]:
-    """Every order has exactly one unmarked decision and every source repeat is marked; returns the
-    marked repeats beyond the source's own duplicates (replays)."""
+def check_decided_once(rig: Rig, traffic: Traffic, *, exactly_once: bool = True) -> Counter[str]:
+    """Every order has an unmarked decision (exactly one, unless told otherwise) and every source
+    repeat is marked; returns the marked repeats beyond the source's own duplicates (replays)."""
     unmarked, marked = rig.decisions()
     assert set(unmarked) == traffic.order_ids, (len(traffic.order_ids - set(unmarked)), "orders without one")
-    assert max(unmarked.values()) == 1, "exactly one unmarked decision per order_id"
+    if exactly_once:
+        assert max(unmarked.values()) == 1, "exactly one unmarked decision per order_id"
     assert set(marked) <= traffic.order_ids
     dups = Counter(traffic.duplicates)
     assert not dups - marked, "every repeat in the source is published marked"
@@ -449,19 +450,21 @@ async def test_the_survivor_takes_over_the_leases_of_a_worker_that_stops_renewin
         await b.stop()
 
     unmarked, marked = rig.decisions()
-    assert set(unmarked) | set(marked) == traffic.order_ids, "every order decided"
-    assert max(unmarked.values()) == 1, "never two unmarked decisions for one order_id"
+    assert set(unmarked) == traffic.order_ids, "every order has an unmarked decision"
+    # The batch A had claimed but not confirmed when it stopped is republished unmarked by B (a claim
+    # pending at the same record position is the same record again). If A's publish had reached the
+    # stream first (killed after it, or paused and then resumed mid-batch), those orders have two
+    # unmarked decisions: at most that one batch (docs/stream_app.md, the ledger's two phases).
+    assert max(unmarked.values()) <= 2, max(unmarked.values())
+    assert sum(1 for n in unmarked.values() if n > 1) <= MAX_BATCH
     if how == "paused":
-        replays = check_decided_once(rig, traffic)
+        replays = check_decided_once(rig, traffic, exactly_once=False)
         # B replays from A's last checkpoint: at most A's batch in flight when it stopped, plus the one
         # batch the resumed A may finish before it learns it lost its leases; not the whole shard
         # (the graceful moves between A and B, before and after, replay nothing).
         assert sum(replays.values()) <= 2 * MAX_BATCH, replays
     else:
         # B took A's shards from the checkpoints A left in DynamoDB: it replays at most A's batch in flight
-        # A claim in the ledger whose publish the kill cut off leaves that order with marked decisions
-        # only (documented): at most the batch in flight; the same batch is all B replays.
-        assert len(traffic.order_ids - set(unmarked)) <= MAX_BATCH
         assert not Counter(traffic.duplicates) - marked, "every repeat in the source is published marked"
         assert sum((marked - Counter(traffic.duplicates)).values()) <= MAX_BATCH, "replayed at most one batch"
     assert len(rig.dead_letter_positions()) == len(traffic.bad), "each bad record dead-lettered (maybe twice)"

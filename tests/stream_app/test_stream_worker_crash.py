@@ -1,7 +1,8 @@
 """``fraudscore worker`` processes on the real broker and Redis (store and decision ledger):
 
-* kill -9 mid-run, then a restart → every order decided, at most one unmarked decision per order,
-  each bad event dead-lettered, and the aggregates (read from Redis by another client) equal the
+* kill -9 mid-run, then a restart → every order decided with an unmarked decision (two, for at
+  most the batch in flight at the kill, when the broker had taken its publish), each bad event
+  dead-lettered, and the aggregates (read from Redis by another client) equal the
   oracle's;
 * two workers, one added and one removed mid-run → the same, with exactly one unmarked decision
   per order (graceful rebalances replay nothing).
@@ -115,16 +116,22 @@ async def wait_all_decided(bs: str, topic: str, ids: set[str], procs: list[subpr
     raise AssertionError(f"not every order was decided in time:\n{tail(log)}")
 
 
-async def check_final_state(settings: Settings, traffic: Any, *, strict_marks: bool) -> None:
+async def check_final_state(settings: Settings, traffic: Any, *, crashed: bool) -> None:
     bs, t = settings.kafka.bootstrap or "", settings.kafka.topics
     reads = await read_all(bs, t.decisions, idle_s=1.0)
     per_id = decided_ids(reads)
     assert set(per_id) == traffic.order_ids, "every valid order decided, and nothing else"
     unmarked = Counter(msgspec.json.decode(r.value, type=Decision).order_id for r in reads
                        if r.headers.get(DUPLICATE_HEADER) != b"1")
-    assert max(unmarked.values()) == 1, "the shared ledger lets at most one unmarked decision out per order"
-    if strict_marks:
-        assert set(unmarked) == traffic.order_ids
+    assert set(unmarked) == traffic.order_ids, "every order has an unmarked decision"
+    if crashed:
+        # the batch in flight at the kill is republished unmarked; if the broker had already taken
+        # its first publish, its orders have two unmarked decisions — at most one batch of them
+        twice = [oid for oid, n in unmarked.items() if n > 1]
+        assert max(unmarked.values()) <= 2, max(unmarked.values())
+        assert len(twice) <= settings.stream.max_batch, len(twice)
+    else:
+        assert max(unmarked.values()) == 1, "exactly one unmarked decision per order"
     letters = [decode_dead_letter(r.value) for r in await read_all(bs, t.dead_letters)]
     assert len({(dl.partition, dl.offset) for dl in letters}) == len(traffic.bad)
     by_sha = {sha(raw) for _, raw in traffic.bad}
@@ -168,8 +175,7 @@ async def test_kill_9_mid_run_then_restart(stream_settings: Any, redis_url: str,
         for p in (first, second):
             if p is not None and p.poll() is None:
                 p.kill()
-    # a crash between the ledger claim and the publish may leave an order with marked records only
-    await check_final_state(settings, traffic, strict_marks=False)
+    await check_final_state(settings, traffic, crashed=True)
 
 
 async def test_workers_added_and_removed_mid_run(stream_settings: Any, redis_url: str, tmp_path: Path) -> None:
@@ -215,4 +221,4 @@ async def test_workers_added_and_removed_mid_run(stream_settings: Any, redis_url
         for p in (a, b):
             if p is not None and p.poll() is None:
                 p.kill()
-    await check_final_state(settings, traffic, strict_marks=True)
+    await check_final_state(settings, traffic, crashed=False)
