@@ -115,10 +115,8 @@ async def test_sigterm_under_load_drains_in_flight_and_exits_zero(registry: tupl
 
 
 async def test_two_workers_share_one_port_and_stop_on_sigterm(registry: tuple[Path, str], tmp_path: Path) -> None:
-    proc, port, log = _start(registry, tmp_path, "--workers", "2", "--no-publish")
-    target = f"127.0.0.1:{port}"
-    try:
-        await _wait_serving(target, proc)
+    async with _serving(registry, tmp_path, "--workers", "2", "--no-publish") as port:
+        target = f"127.0.0.1:{port}"
         # both workers print their banner once they serve
         deadline = time.monotonic() + 60
         text = ""
@@ -133,13 +131,6 @@ async def test_two_workers_share_one_port_and_stop_on_sigterm(registry: tuple[Pa
             for i in range(20):
                 r = await stub.Score(pb.ScoreRequest(order=order_msg(order_id=f"w{i}")), timeout=5)
                 assert r.order_id == f"w{i}"
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.parametrize("bad", ["missing", "tampered"])
