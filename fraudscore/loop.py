@@ -41,14 +41,12 @@ def run(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
         return runner.run(main)
 
 
-def install_policy(choice: str = "auto") -> str:
+def install_policy(choice: str = "auto") -> None:
     """For frameworks that create their own loop (faust's worker): make the chosen loop the default."""
-    if loop_factory(choice) is None:
-        return "asyncio"
-    import uvloop
+    if loop_factory(choice) is not None:
+        import uvloop
 
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def running_loop_name() -> str:

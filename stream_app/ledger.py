@@ -71,8 +71,7 @@ class MemoryLedger(DecisionLedger):
         for i, oid in enumerate(order_ids):
             pos = positions[i] if positions is not None else ""
             if oid in ids:
-                held = ids[oid]
-                out.append(held is not None and held == pos and pos != "")
+                out.append(pos != "" and ids[oid] == pos)  # the same record again, still pending
             else:
                 ids[oid] = pos
                 out.append(True)

@@ -247,7 +247,7 @@ class OrdersProcessor:
         replay of these records (a commit lost to a rebalance) publishes them marked. A ledger
         failure here is logged, not retried: the offsets are committed next, and only a replay of
         the same records would see the pending claims (it would republish them unmarked)."""
-        mine = [oid for oid, new in self._claimed.items() if new]
+        mine = list(self._unmarked)  # exactly what this attempt published unmarked
         if not mine:
             return
         try:

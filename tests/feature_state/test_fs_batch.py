@@ -27,10 +27,17 @@ from feature_state import codec, kernel
 from feature_state.layout import US, to_us
 from feature_state.stores.memory import MemoryStore
 from feature_state.windows import decode_state
+from tests.services import missing
 
 FS = stream_features()
 
-pytestmark = pytest.mark.skipif(kernel.load() is None, reason="no C compiler: the compiled kernel is not available")
+
+
+@pytest.fixture(autouse=True)
+def _compiled_kernel() -> None:
+    """These tests are about the compiled kernel: without a C compiler they skip locally, fail in CI."""
+    if kernel.load() is None:
+        missing("a C compiler for the feature_state kernel (cc / gcc)")
 
 batch_streams = st.fixed_dictionaries({
     "seed": st.integers(0, 2**32 - 1),

@@ -75,7 +75,7 @@ def test_point_in_time_features_do_not_depend_on_file_order_or_see_the_future(
 
 
 def test_parquet_in_and_out(registry: tuple[Path, str], tmp_path: Path, sample_orders: list[Order]) -> None:
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # a core dependency
     import pyarrow.parquet as pq
 
     from contracts.events import to_builtins

@@ -51,6 +51,23 @@ MAX_BATCH = 40  # records per poll across the owned shards: a stop lands mid-str
 LEASE_S = 3.0
 
 
+def lease_table(settings: Settings, dynamodb: Any) -> dict[str, dict[str, str | None]]:
+    """The shard leases of the orders stream, read from DynamoDB: shard id → owner and checkpoint."""
+    prefix = f"{settings.kafka.consumer_group}:{settings.stream.kinesis_stream}:"
+    out: dict[str, dict[str, str | None]] = {}
+    kwargs: dict[str, Any] = {"TableName": settings.stream.kinesis_checkpoint_table, "ConsistentRead": True}
+    while True:
+        resp = dynamodb.scan(**kwargs)
+        for item in resp["Items"]:
+            key = item["lease_key"]["S"]
+            if key.startswith(prefix):
+                out[key[len(prefix):]] = {"owner": item.get("owner", {}).get("S"),
+                                          "checkpoint": item.get("checkpoint", {}).get("S")}
+        if "LastEvaluatedKey" not in resp:
+            return out
+        kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+
 @dataclass
 class Rig:
     """The streams, the lease table and the clients of one test."""
@@ -66,19 +83,7 @@ class Rig:
 
     def leases(self) -> dict[str, dict[str, str | None]]:
         """The lease table as DynamoDB holds it: shard id → owner and checkpoint."""
-        prefix = f"{self.settings.kafka.consumer_group}:{self.stream}:"
-        out: dict[str, dict[str, str | None]] = {}
-        kwargs: dict[str, Any] = {"TableName": self.settings.stream.kinesis_checkpoint_table, "ConsistentRead": True}
-        while True:
-            resp = self.dynamodb.scan(**kwargs)
-            for item in resp["Items"]:
-                key = item["lease_key"]["S"]
-                if key.startswith(prefix):
-                    out[key[len(prefix):]] = {"owner": item.get("owner", {}).get("S"),
-                                              "checkpoint": item.get("checkpoint", {}).get("S")}
-            if "LastEvaluatedKey" not in resp:
-                return out
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return lease_table(self.settings, self.dynamodb)
 
     def owners(self) -> Counter[str | None]:
         """How many shards each worker holds in the lease table."""

@@ -35,7 +35,7 @@ import msgspec
 import pytest
 from streamkit import Traffic, make_traffic, sha
 from test_stream_kinesis_e2e import check_outputs, put, read_records, read_shards
-from test_stream_kinesis_leases import Run, until
+from test_stream_kinesis_leases import Run, lease_table, until
 
 from contracts.config import Settings
 from contracts.events import Decision
@@ -64,24 +64,10 @@ class Rig:
 
     def checkpoints(self) -> dict[str, str | None]:
         """shard id → checkpoint, as the lease table holds it."""
-        prefix = f"{self.settings.kafka.consumer_group}:{self.stream}:"
-        out: dict[str, str | None] = {}
-        kwargs: dict[str, Any] = {"TableName": self.settings.stream.kinesis_checkpoint_table, "ConsistentRead": True}
-        while True:
-            resp = self.dynamodb.scan(**kwargs)
-            for item in resp["Items"]:
-                key = item["lease_key"]["S"]
-                if key.startswith(prefix):
-                    out[key[len(prefix):]] = item.get("checkpoint", {}).get("S")
-            if "LastEvaluatedKey" not in resp:
-                return out
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return {sid: lease["checkpoint"] for sid, lease in lease_table(self.settings, self.dynamodb).items()}
 
     def owners(self) -> set[str | None]:
-        table = self.settings.stream.kinesis_checkpoint_table
-        prefix = f"{self.settings.kafka.consumer_group}:{self.stream}:"
-        items = self.dynamodb.scan(TableName=table, ConsistentRead=True)["Items"]
-        return {i.get("owner", {}).get("S") for i in items if i["lease_key"]["S"].startswith(prefix)}
+        return {lease["owner"] for lease in lease_table(self.settings, self.dynamodb).values()}
 
     def wait_active(self) -> None:
         self.kinesis.get_waiter("stream_exists").wait(StreamName=self.stream, WaiterConfig={"Delay": 1})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -70,18 +72,26 @@ async def run_webhook_role(settings: Any, n: int) -> Any:
         await asyncio.wait_for(task, 60)
 
 
-async def test_webhook_delivers_every_action_once_per_key(stream_settings: Any) -> None:
-    receiver = FlakyReceiver()
+@contextlib.asynccontextmanager
+async def receiving(handler: Any) -> AsyncIterator[str]:
+    """A real HTTP server on loopback calling ``handler`` for POST /hooks/fraud; yields its URL."""
     app = web.Application()
-    app.router.add_post("/hooks/fraud", receiver.handle)
-    runner = web.AppRunner(app)
+    app.router.add_post("/hooks/fraud", handler)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
     port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
+        yield f"http://127.0.0.1:{port}/hooks/fraud"
+    finally:
+        await runner.cleanup()
+
+
+async def test_webhook_delivers_every_action_once_per_key(stream_settings: Any) -> None:
+    receiver = FlakyReceiver()
+    async with receiving(receiver.handle) as url:
         settings = stream_settings(**{
-            "stream.webhook.url": f"http://127.0.0.1:{port}/hooks/fraud",
+            "stream.webhook.url": url,
             "stream.webhook.secret": SECRET,
             "stream.webhook.backoff_base_ms": 5,
             "stream.webhook.backoff_max_ms": 50,
@@ -101,8 +111,6 @@ async def test_webhook_delivers_every_action_once_per_key(stream_settings: Any) 
         await produce(settings.kafka.bootstrap or "", settings.kafka.topics.actions, records)
 
         await run_webhook_role(settings, len(records))
-    finally:
-        await runner.cleanup()
 
     assert receiver.bad_signatures == 0
     assert set(receiver.accepted) == {a.order_id for a in actions}, "every action delivered"
@@ -144,39 +152,32 @@ class StuckReceiver:
 async def test_webhook_dead_letters_after_max_attempts_with_the_attempt_count(stream_settings: Any) -> None:
     max_attempts = 3
     receiver = StuckReceiver()
-    app = web.Application()
-    app.router.add_post("/hooks/fraud", receiver.handle)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        settings = stream_settings(**{
-            "stream.max_batch": 10,  # several batches: the ones after the failing actions must go on
-            "stream.webhook.url": f"http://127.0.0.1:{port}/hooks/fraud",
-            "stream.webhook.backoff_base_ms": 5,
-            "stream.webhook.backoff_max_ms": 20,
-            "stream.webhook.max_attempts": max_attempts,
-            "stream.webhook.timeout_ms": 300,
-        })
-        await ensure_topics(settings.kafka)
-        now = dt.datetime.now(dt.UTC)
-        failing = [Action(order_id=f"fail-{kind}-{n}", action="block", decided_at=now, rule="r")
-                   for n in (1, 2) for kind in ("503", "hang")]
-        good = [Action(order_id=f"ok-{i}", action=("review", "challenge", "block")[i % 3], decided_at=now,
-                       reason="model score 0.97") for i in range(80)]
-        # the failing actions come first, in the middle and near the end of the stream of good ones
-        ordered = good[:5] + failing[:2] + good[5:40] + failing[2:] + good[40:]
-        records: list[tuple[bytes | None, bytes]] = [(a.order_id.encode(), encode(a)) for a in ordered]
-        await produce(settings.kafka.bootstrap or "", settings.kafka.topics.actions, records)
+    async with receiving(receiver.handle) as url:
+        try:
+            settings = stream_settings(**{
+                "stream.max_batch": 10,  # several batches: the ones after the failing actions must go on
+                "stream.webhook.url": url,
+                "stream.webhook.backoff_base_ms": 5,
+                "stream.webhook.backoff_max_ms": 20,
+                "stream.webhook.max_attempts": max_attempts,
+                "stream.webhook.timeout_ms": 300,
+            })
+            await ensure_topics(settings.kafka)
+            now = dt.datetime.now(dt.UTC)
+            failing = [Action(order_id=f"fail-{kind}-{n}", action="block", decided_at=now, rule="r")
+                       for n in (1, 2) for kind in ("503", "hang")]
+            good = [Action(order_id=f"ok-{i}", action=("review", "challenge", "block")[i % 3], decided_at=now,
+                           reason="model score 0.97") for i in range(80)]
+            # the failing actions come first, in the middle and near the end of the stream of good ones
+            ordered = good[:5] + failing[:2] + good[5:40] + failing[2:] + good[40:]
+            records: list[tuple[bytes | None, bytes]] = [(a.order_id.encode(), encode(a)) for a in ordered]
+            await produce(settings.kafka.bootstrap or "", settings.kafka.topics.actions, records)
 
-        consumer = await run_webhook_role(settings, len(records))
-        stats = consumer.stats
-        committed = sum(consumer.next_offset.values())
-    finally:
-        receiver.release.set()
-        await runner.cleanup()
+            consumer = await run_webhook_role(settings, len(records))
+            stats = consumer.stats
+            committed = sum(consumer.next_offset.values())
+        finally:
+            receiver.release.set()  # let the hanging requests end before the server stops
 
     # The consumer went through every record and committed them all: the failing keys did not stall it.
     assert stats.events == len(records) and committed == len(records), stats
